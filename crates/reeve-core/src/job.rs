@@ -1,0 +1,477 @@
+//! Jobs and the job state machine (SPEC §2).
+//!
+//! [`JobState::can_transition`] is the whole transition table; backends
+//! implement each transition as one atomic statement or transaction, and the
+//! property tests in `reeve-store`'s conformance suite check that no other
+//! transition is ever observed.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::failure::FailureReason;
+use crate::time::{Timestamp, human_duration};
+use crate::validate::{self, InputError};
+
+pub type JobId = i64;
+
+/// Default `max_run_duration` (SPEC §4).
+pub const DEFAULT_MAX_RUN_DURATION: Duration = Duration::from_secs(20 * 60);
+/// Default `heartbeat_timeout` (SPEC §4).
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default `max_attempts` (SPEC §5).
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// Default payload size limit (SPEC §12).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Queue used when an enqueue names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `available_at` (enqueued with a delay or run-at).
+    Scheduled,
+    /// Ready to be claimed.
+    Available,
+    /// Claimed by an executor under a lease.
+    Running,
+    /// Completed by the executor holding the current epoch. Terminal.
+    Succeeded,
+    /// Failed with attempts left; waits for its backoff to pass.
+    Retryable,
+    /// Failed with no attempts left or a final reason. Terminal, but an
+    /// operator may retry it.
+    Failed,
+    /// Cancelled by an operator. Terminal, but an operator may retry it.
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Scheduled,
+        JobState::Available,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Retryable,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Retryable => "retryable",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The transition table of SPEC §2. Nothing else may happen to a job.
+    pub fn can_transition(self, to: JobState) -> bool {
+        use JobState::*;
+        match (self, to) {
+            (Scheduled | Retryable, Available) => true,
+            (Available, Running) => true,
+            (Running, Succeeded | Retryable | Failed) => true,
+            (Scheduled | Available | Running | Retryable, Cancelled) => true,
+            (Failed | Cancelled, Available) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown job state {s:?}; expected one of scheduled, available, running, succeeded, retryable, failed, cancelled"
+                )
+            })
+    }
+}
+
+/// A job as stored, with its current (or last) run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub state: JobState,
+    pub payload: serde_json::Value,
+    pub priority: i32,
+    /// Runs started so far (the current run's number while running).
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// Fencing token: +1 at every claim. Every executor write carries it.
+    pub epoch: i64,
+    pub claimed_by: Option<String>,
+    pub claimed_at: Option<Timestamp>,
+    pub heartbeat_at: Option<Timestamp>,
+    pub lease_expires_at: Option<Timestamp>,
+    /// Whether the current run's executor declared that it heartbeats.
+    pub heartbeats: bool,
+    pub heartbeat_count: i64,
+    pub available_at: Timestamp,
+    #[serde(with = "human_duration")]
+    pub max_run_duration: Duration,
+    #[serde(with = "human_duration")]
+    pub heartbeat_timeout: Duration,
+    pub failure_reason: Option<FailureReason>,
+    pub last_error: Option<String>,
+    /// Failure reasons that are retried for this job; `None` = SPEC default.
+    pub retry_on: Option<Vec<FailureReason>>,
+    pub idempotency_key: String,
+    pub unique_key: Option<String>,
+    /// Ad-hoc command (argv) for the process executor, instead of the kind's
+    /// template.
+    pub command: Option<Vec<String>>,
+    pub max_turns: Option<i64>,
+    pub turns: i64,
+    pub progress: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub cancel_requested_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl Job {
+    /// Whether a failure for `reason` is retried for this job (attempts aside).
+    pub fn retries_reason(&self, reason: FailureReason) -> bool {
+        match &self.retry_on {
+            Some(list) => list.contains(&reason),
+            None => reason.retried_by_default(),
+        }
+    }
+}
+
+/// When a new job becomes claimable. Resolved by the store against its own
+/// clock, so a delay means the same thing on every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Availability {
+    #[default]
+    Now,
+    At(Timestamp),
+    After(Duration),
+}
+
+/// A validated job to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub unique_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub max_run_duration: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
+    pub availability: Availability,
+    pub command: Option<Vec<String>>,
+    pub max_turns: Option<i64>,
+    pub retry_on: Option<Vec<FailureReason>>,
+}
+
+impl NewJob {
+    /// A job with every optional field at its default.
+    pub fn new(queue: impl Into<String>, kind: impl Into<String>) -> Self {
+        NewJob {
+            queue: queue.into(),
+            kind: kind.into(),
+            payload: serde_json::json!({}),
+            priority: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            unique_key: None,
+            idempotency_key: None,
+            max_run_duration: None,
+            heartbeat_timeout: None,
+            availability: Availability::Now,
+            command: None,
+            max_turns: None,
+            retry_on: None,
+        }
+    }
+}
+
+/// The wire shape of an enqueue (API body, batch element, CLI). Unknown fields
+/// are rejected so a typo never silently becomes a default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    #[serde(default)]
+    pub queue: Option<String>,
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub max_run_duration: Option<String>,
+    #[serde(default)]
+    pub heartbeat_timeout: Option<String>,
+    #[serde(default)]
+    pub delay: Option<String>,
+    #[serde(default)]
+    pub run_at: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_turns: Option<i64>,
+    #[serde(default)]
+    pub retry_on: Option<Vec<String>>,
+}
+
+impl EnqueueRequest {
+    /// Validates every field; the first problem is returned with its field
+    /// name (prefixed by `prefix`, e.g. `jobs[3].`, for batches).
+    pub fn validate(self, prefix: &str, max_payload_bytes: usize) -> Result<NewJob, InputError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+        validate::name(&f("queue"), &queue)?;
+        validate::name(&f("kind"), &self.kind)?;
+        let payload = self.payload.unwrap_or_else(|| serde_json::json!({}));
+        let payload_len = serde_json::to_vec(&payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if payload_len > max_payload_bytes {
+            return Err(InputError::new(
+                f("payload"),
+                format!("is {payload_len} bytes; the limit is {max_payload_bytes}"),
+            ));
+        }
+        let priority = self.priority.unwrap_or(0);
+        if !(-10_000..=10_000).contains(&priority) {
+            return Err(InputError::new(
+                f("priority"),
+                "must be between -10000 and 10000",
+            ));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=1000).contains(&max_attempts) {
+            return Err(InputError::new(
+                f("max_attempts"),
+                "must be between 1 and 1000",
+            ));
+        }
+        if let Some(k) = &self.unique_key {
+            validate::key(&f("unique_key"), k)?;
+        }
+        if let Some(k) = &self.idempotency_key {
+            validate::key(&f("idempotency_key"), k)?;
+        }
+        let duration = |name: &str, v: Option<String>| -> Result<Option<Duration>, InputError> {
+            v.map(|s| crate::time::parse_duration(&s).map_err(|m| InputError::new(f(name), m)))
+                .transpose()
+        };
+        let max_run_duration = duration("max_run_duration", self.max_run_duration)?;
+        if max_run_duration == Some(Duration::ZERO) {
+            return Err(InputError::new(
+                f("max_run_duration"),
+                "must be greater than zero",
+            ));
+        }
+        let heartbeat_timeout = duration("heartbeat_timeout", self.heartbeat_timeout)?;
+        if heartbeat_timeout == Some(Duration::ZERO) {
+            return Err(InputError::new(
+                f("heartbeat_timeout"),
+                "must be greater than zero",
+            ));
+        }
+        let delay = duration("delay", self.delay)?;
+        let availability = match (delay, self.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(InputError::new(
+                    f("run_at"),
+                    "give either delay or run_at, not both",
+                ));
+            }
+            (Some(d), None) => Availability::After(d),
+            (None, Some(at)) => Availability::At(
+                Timestamp::parse(&at).map_err(|m| InputError::new(f("run_at"), m))?,
+            ),
+            (None, None) => Availability::Now,
+        };
+        if let Some(cmd) = &self.command {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err(InputError::new(f("command"), "must name a program"));
+            }
+        }
+        if let Some(t) = self.max_turns {
+            if t < 1 {
+                return Err(InputError::new(f("max_turns"), "must be at least 1"));
+            }
+        }
+        let retry_on = self
+            .retry_on
+            .map(|list| {
+                list.iter()
+                    .map(|s| s.parse::<FailureReason>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| InputError::new(f("retry_on"), m))
+            })
+            .transpose()?;
+        Ok(NewJob {
+            queue,
+            kind: self.kind,
+            payload,
+            priority,
+            max_attempts,
+            unique_key: self.unique_key,
+            idempotency_key: self.idempotency_key,
+            max_run_duration,
+            heartbeat_timeout,
+            availability,
+            command: self.command,
+            max_turns: self.max_turns,
+            retry_on,
+        })
+    }
+}
+
+/// Which jobs to list. Paging is by id (keyset), newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    /// Only jobs with an id below this one (the previous page's last id).
+    pub before_id: Option<JobId>,
+    pub limit: u32,
+}
+
+/// One page of a listing and the cursor for the next.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_before_id: Option<JobId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_table_is_exactly_the_spec() {
+        use JobState::*;
+        let allowed = [
+            (Scheduled, Available),
+            (Retryable, Available),
+            (Available, Running),
+            (Running, Succeeded),
+            (Running, Retryable),
+            (Running, Failed),
+            (Scheduled, Cancelled),
+            (Available, Cancelled),
+            (Running, Cancelled),
+            (Retryable, Cancelled),
+            (Failed, Available),
+            (Cancelled, Available),
+        ];
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                assert_eq!(
+                    from.can_transition(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn enqueue_validation_names_the_field() {
+        let bad = |req: EnqueueRequest| req.validate("", 1024).unwrap_err().field;
+        let base = || EnqueueRequest {
+            kind: "echo".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad(EnqueueRequest {
+                max_run_duration: Some("-5s".into()),
+                ..base()
+            }),
+            "max_run_duration"
+        );
+        assert_eq!(
+            bad(EnqueueRequest {
+                heartbeat_timeout: Some("fast".into()),
+                ..base()
+            }),
+            "heartbeat_timeout"
+        );
+        assert_eq!(
+            bad(EnqueueRequest {
+                payload: Some(serde_json::json!("x".repeat(2000))),
+                ..base()
+            }),
+            "payload"
+        );
+        assert_eq!(
+            bad(EnqueueRequest {
+                max_attempts: Some(0),
+                ..base()
+            }),
+            "max_attempts"
+        );
+        assert_eq!(
+            bad(EnqueueRequest {
+                queue: Some("a b".into()),
+                ..base()
+            }),
+            "queue"
+        );
+        assert_eq!(
+            bad(EnqueueRequest {
+                retry_on: Some(vec!["nope".into()]),
+                ..base()
+            }),
+            "retry_on"
+        );
+        assert_eq!(
+            bad(EnqueueRequest {
+                delay: Some("1s".into()),
+                run_at: Some("2026-01-01T00:00:00Z".into()),
+                ..base()
+            }),
+            "run_at"
+        );
+        let ok = base().validate("", 1024).unwrap();
+        assert_eq!(ok.queue, DEFAULT_QUEUE);
+        assert_eq!(ok.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn unknown_enqueue_fields_are_rejected() {
+        let err = serde_json::from_str::<EnqueueRequest>(r#"{"kind":"x","prio":3}"#).unwrap_err();
+        assert!(err.to_string().contains("prio"), "{err}");
+    }
+}

@@ -1,0 +1,24 @@
+//! reeve's domain model: the vocabulary every other crate speaks.
+//!
+//! This crate owns the job state machine ([`JobState`] and its legal
+//! transitions), the closed set of [`FailureReason`]s, the [`Event`] record and
+//! its logfmt line, retry backoff, and the parsing of human durations and
+//! timestamps.
+//!
+//! **Architecture invariant:** no I/O lives here. `reeve-core` knows nothing
+//! of sqlx, axum or processes; it is pure data and pure functions, so every
+//! rule in it is testable without a database.
+
+pub mod event;
+pub mod failure;
+pub mod job;
+pub mod retry;
+pub mod time;
+pub mod validate;
+
+pub use event::{Actor, Event, EventKind};
+pub use failure::FailureReason;
+pub use job::{Job, JobFilter, JobId, JobState, NewJob, Page};
+pub use retry::RetryPolicy;
+pub use time::{Timestamp, parse_duration};
+pub use validate::InputError;

@@ -1,0 +1,121 @@
+//! Mapping between SQLite rows and domain types. The column list
+//! [`JOB_COLUMNS`] and [`job_from_row`] must stay in the same order.
+
+use std::time::Duration;
+
+use reeve_core::{Actor, Event, FailureReason, Job, Timestamp};
+use reeve_store::{Result, StoreError};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attempt, max_attempts, epoch, \
+    claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
+    max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
+    unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at";
+
+pub const EVENT_COLUMNS: &str =
+    "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Database {
+        message: format!("unreadable {what} in the database: {detail}"),
+        transient: false,
+    }
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn json(what: &str, v: Option<String>) -> Result<Option<serde_json::Value>> {
+    v.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(what, e)))
+        .transpose()
+}
+
+pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let id: i64 = row.get(0);
+    let state: String = row.get(3);
+    let failure_reason: Option<String> = row.get(18);
+    let retry_on: Option<String> = row.get(20);
+    let command: Option<String> = row.get(23);
+    let idempotency_key: Option<String> = row.get(21);
+    Ok(Job {
+        id,
+        queue: row.get(1),
+        kind: row.get(2),
+        state: state.parse().map_err(|e| corrupt("job state", e))?,
+        payload: json("payload", Some(row.get(4)))?.unwrap_or_default(),
+        priority: row.get::<i64, _>(5) as i32,
+        attempt: row.get::<i64, _>(6) as i32,
+        max_attempts: row.get::<i64, _>(7) as i32,
+        epoch: row.get(8),
+        claimed_by: row.get(9),
+        claimed_at: ts(row.get(10)),
+        heartbeat_at: ts(row.get(11)),
+        lease_expires_at: ts(row.get(12)),
+        heartbeats: row.get::<i64, _>(13) != 0,
+        heartbeat_count: row.get(14),
+        available_at: Timestamp(row.get(15)),
+        max_run_duration: Duration::from_millis(row.get::<i64, _>(16).max(0) as u64),
+        heartbeat_timeout: Duration::from_millis(row.get::<i64, _>(17).max(0) as u64),
+        failure_reason: failure_reason
+            .map(|r| {
+                r.parse::<FailureReason>()
+                    .map_err(|e| corrupt("failure reason", e))
+            })
+            .transpose()?,
+        last_error: row.get(19),
+        retry_on: retry_on
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("retry_on", e)))
+            .transpose()?,
+        idempotency_key: idempotency_key.unwrap_or_else(|| id.to_string()),
+        unique_key: row.get(22),
+        command: command
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("command", e)))
+            .transpose()?,
+        max_turns: row.get(24),
+        turns: row.get(25),
+        progress: row.get(26),
+        result: json("result", row.get(27))?,
+        cancel_requested_at: ts(row.get(28)),
+        created_at: Timestamp(row.get(29)),
+        finished_at: ts(row.get(30)),
+    })
+}
+
+pub fn event_from_row(row: &SqliteRow) -> Result<Event> {
+    let event: String = row.get(3);
+    let actor: String = row.get(8);
+    Ok(Event {
+        id: row.get(0),
+        job_id: row.get(1),
+        at: Timestamp(row.get(2)),
+        event: event.parse().map_err(|e| corrupt("event", e))?,
+        epoch: row.get(4),
+        attempt: row.get::<i64, _>(5) as i32,
+        worker: row.get(6),
+        reason: row.get(7),
+        by: Actor::parse(&actor).ok_or_else(|| corrupt("event actor", &actor))?,
+        detail: row.get(9),
+    })
+}
+
+/// Infrastructure errors: busy and locked databases are transient.
+pub fn db_error(e: sqlx::Error) -> StoreError {
+    let transient = match &e {
+        sqlx::Error::Database(d) => matches!(
+            d.code().as_deref(),
+            Some("5") | Some("6") | Some("517") | Some("261")
+        ),
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        _ => false,
+    };
+    StoreError::Database {
+        message: e.to_string(),
+        transient,
+    }
+}
+
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}

@@ -1,0 +1,917 @@
+//! Every mutation of the SQLite backend. Each public function here is one
+//! `BEGIN IMMEDIATE` transaction (or one statement), appends the events of
+//! the transitions it made in that same transaction, and prints their log
+//! lines only after the commit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reeve_core::job::Availability;
+use reeve_core::time::duration_millis;
+use reeve_core::{Actor, EventKind, FailureReason, Job, JobId, JobState, NewJob, Timestamp};
+use reeve_store::{
+    ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, KindFilter, Outcome, Result,
+    StoreError,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use crate::SqliteStore;
+use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
+
+/// An event recorded inside a transaction, printed after its commit.
+struct PendingEvent {
+    job_id: JobId,
+    event: EventKind,
+    epoch: i64,
+    attempt: i32,
+    worker: Option<String>,
+    reason: Option<String>,
+    by: Actor,
+    detail: Option<String>,
+    queue: String,
+    kind: String,
+}
+
+impl PendingEvent {
+    fn for_job(job: &Job, event: EventKind, by: Actor) -> Self {
+        PendingEvent {
+            job_id: job.id,
+            event,
+            epoch: job.epoch,
+            attempt: job.attempt,
+            worker: job.claimed_by.clone(),
+            reason: None,
+            by,
+            detail: None,
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+        }
+    }
+
+    fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    fn detail(mut self, detail: Option<String>) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// Rows per multi-row statement (SQLite allows 32,766 parameters).
+const CHUNK: usize = 500;
+
+async fn insert_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    at: i64,
+    events: &[PendingEvent],
+) -> Result<()> {
+    for chunk in events.chunks(CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO events (job_id, at, event, epoch, attempt, worker, reason, actor, detail) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?,?,?,?,?)"
+            });
+        }
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(e.job_id)
+                .bind(at)
+                .bind(e.event.as_str())
+                .bind(e.epoch)
+                .bind(e.attempt)
+                .bind(e.worker.as_deref())
+                .bind(e.reason.as_deref())
+                .bind(e.by.as_str())
+                .bind(e.detail.as_deref());
+        }
+        q.execute(&mut **tx).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+async fn commit(tx: Transaction<'static, Sqlite>, at: i64, events: &[PendingEvent]) -> Result<()> {
+    tx.commit().await.map_err(db_error)?;
+    for e in events {
+        let event = reeve_core::Event {
+            id: 0,
+            job_id: e.job_id,
+            at: Timestamp(at),
+            event: e.event,
+            epoch: e.epoch,
+            attempt: e.attempt,
+            worker: e.worker.clone(),
+            reason: e.reason.clone(),
+            by: e.by,
+            detail: e.detail.clone(),
+        };
+        reeve_store::log::emit(&event, &e.queue, &e.kind);
+    }
+    Ok(())
+}
+
+async fn load_job(tx: &mut Transaction<'static, Sqlite>, id: JobId) -> Result<Job> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .ok_or(StoreError::NotFound(id))?;
+    job_from_row(&row)
+}
+
+/// Why a fenced write to `job` does not apply for `epoch`, if it does not.
+fn fence(job: &Job, epoch: i64) -> Option<StoreError> {
+    if job.epoch != epoch {
+        Some(StoreError::StaleEpoch {
+            expected: job.epoch,
+            actual: epoch,
+        })
+    } else if job.state != JobState::Running {
+        Some(StoreError::NotRunning { state: job.state })
+    } else {
+        None
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("domain values always serialize")
+}
+
+pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        sqlx::query("INSERT OR IGNORE INTO queues (name) VALUES (?)")
+            .bind(q)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    }
+
+    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let mut events = Vec::with_capacity(jobs.len());
+    // Plain jobs go in multi-row inserts; unique jobs one by one, since each
+    // must see the ones inserted before it.
+    let mut plain: Vec<(usize, Job)> = Vec::with_capacity(jobs.len());
+    for (i, nj) in jobs.into_iter().enumerate() {
+        let job = materialize(store, nj, now);
+        if let Some(key) = &job.unique_key {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = ? \
+                 AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+            );
+            if let Some(row) = sqlx::query(AssertSqlSafe(sql))
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?
+            {
+                out[i] = Some(Enqueued {
+                    job: job_from_row(&row)?,
+                    created: false,
+                });
+                continue;
+            }
+            let ids = insert_jobs(&mut tx, std::slice::from_ref(&job)).await?;
+            let job = with_id(job, ids[0]);
+            events.push(enqueued_event(&job));
+            out[i] = Some(Enqueued { job, created: true });
+        } else {
+            plain.push((i, job));
+        }
+    }
+    for chunk in plain.chunks(CHUNK / 2) {
+        let rows: Vec<Job> = chunk.iter().map(|(_, j)| j.clone()).collect();
+        let ids = insert_jobs(&mut tx, &rows).await?;
+        for ((i, job), id) in chunk.iter().zip(ids) {
+            let job = with_id(job.clone(), id);
+            events.push(enqueued_event(&job));
+            out[*i] = Some(Enqueued { job, created: true });
+        }
+    }
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    store.signals.work_changed();
+    store.signals.deadlines_changed();
+    Ok(out
+        .into_iter()
+        .map(|e| e.expect("every job answered"))
+        .collect())
+}
+
+fn enqueued_event(job: &Job) -> PendingEvent {
+    PendingEvent::for_job(job, EventKind::Enqueued, Actor::Client)
+        .detail(Some(job.state.as_str().to_string()))
+}
+
+fn with_id(mut job: Job, id: JobId) -> Job {
+    job.id = id;
+    if job.idempotency_key.is_empty() {
+        job.idempotency_key = id.to_string();
+    }
+    job
+}
+
+/// The row a new job becomes, before it has an id.
+fn materialize(store: &SqliteStore, nj: NewJob, now: i64) -> Job {
+    let available_at = match nj.availability {
+        Availability::Now => now,
+        Availability::At(t) => t.0,
+        Availability::After(d) => now.saturating_add(duration_millis(d)),
+    };
+    Job {
+        id: 0,
+        state: if available_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        },
+        queue: nj.queue,
+        kind: nj.kind,
+        payload: nj.payload,
+        priority: nj.priority,
+        attempt: 0,
+        max_attempts: nj.max_attempts,
+        epoch: 0,
+        claimed_by: None,
+        claimed_at: None,
+        heartbeat_at: None,
+        lease_expires_at: None,
+        heartbeats: true,
+        heartbeat_count: 0,
+        available_at: Timestamp(available_at),
+        max_run_duration: nj
+            .max_run_duration
+            .unwrap_or(store.config.default_max_run_duration),
+        heartbeat_timeout: nj
+            .heartbeat_timeout
+            .unwrap_or(store.config.default_heartbeat_timeout),
+        failure_reason: None,
+        last_error: None,
+        retry_on: nj.retry_on,
+        idempotency_key: nj.idempotency_key.unwrap_or_default(),
+        unique_key: nj.unique_key,
+        command: nj.command,
+        max_turns: nj.max_turns,
+        turns: 0,
+        progress: None,
+        result: None,
+        cancel_requested_at: None,
+        created_at: Timestamp(now),
+        finished_at: None,
+    }
+}
+
+/// Inserts rows in one statement and returns their ids in row order.
+async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[Job]) -> Result<Vec<JobId>> {
+    let mut sql = String::from(
+        "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
+         max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
+         max_turns, created_at) VALUES ",
+    );
+    for i in 0..jobs.len() {
+        sql.push_str(if i == 0 {
+            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        } else {
+            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        });
+    }
+    sql.push_str(" RETURNING id");
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for j in jobs {
+        q = q
+            .bind(&j.queue)
+            .bind(&j.kind)
+            .bind(j.state.as_str())
+            .bind(to_json(&j.payload))
+            .bind(j.priority)
+            .bind(j.max_attempts)
+            .bind(j.available_at.0)
+            .bind(duration_millis(j.max_run_duration))
+            .bind(duration_millis(j.heartbeat_timeout))
+            .bind(j.retry_on.as_ref().map(to_json))
+            .bind((!j.idempotency_key.is_empty()).then_some(j.idempotency_key.as_str()))
+            .bind(j.unique_key.as_deref())
+            .bind(j.command.as_ref().map(to_json))
+            .bind(j.max_turns)
+            .bind(j.created_at.0);
+    }
+    let rows = q.fetch_all(&mut **tx).await.map_err(db_error)?;
+    // One statement under the write lock allocates consecutive ids in row
+    // order; RETURNING's own order is unspecified, so sort.
+    let mut ids: Vec<JobId> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job>> {
+    if p.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+
+    // Caps: read inside the write lock, so nobody can claim between this
+    // count and the update below.
+    let queue_rows = sqlx::query("SELECT name, concurrency, paused FROM queues")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let global: Option<u64> = sqlx::query_scalar::<_, String>(
+        "SELECT value FROM settings WHERE key = 'global_concurrency'",
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?
+    .and_then(|v| v.parse().ok());
+    let capped = global.is_some()
+        || queue_rows
+            .iter()
+            .any(|r| r.get::<Option<i64>, _>(1).is_some());
+    let mut running: HashMap<String, u64> = HashMap::new();
+    if capped {
+        for r in
+            sqlx::query("SELECT queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?
+        {
+            running.insert(r.get(0), r.get::<i64, _>(1) as u64);
+        }
+    }
+    let total_running: u64 = running.values().sum();
+    let global_room = global.map_or(u64::MAX, |g| g.saturating_sub(total_running));
+    let take = u64::from(p.limit).min(global_room);
+    if take == 0 {
+        return Ok(Vec::new());
+    }
+
+    // Per-queue room for the queues this claimer may take from.
+    let mut room: HashMap<String, u64> = HashMap::new();
+    for r in &queue_rows {
+        let name: String = r.get(0);
+        if let Some(wanted) = &p.queues {
+            if !wanted.contains(&name) {
+                continue;
+            }
+        }
+        if r.get::<i64, _>(2) != 0 {
+            continue; // paused
+        }
+        let cap = r
+            .get::<Option<i64>, _>(1)
+            .map_or(u64::MAX, |c| c.max(0) as u64);
+        let free = cap.saturating_sub(running.get(&name).copied().unwrap_or(0));
+        if free > 0 {
+            room.insert(name, free);
+        }
+    }
+    if room.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let kind_clause = match &p.kinds {
+        KindFilter::Any => String::new(),
+        KindFilter::Only { kinds, commands } => {
+            let placeholders = vec!["?"; kinds.len()].join(",");
+            match (kinds.is_empty(), commands) {
+                (true, true) => " AND command IS NOT NULL".to_string(),
+                (true, false) => " AND 0".to_string(),
+                (false, true) => format!(" AND (kind IN ({placeholders}) OR command IS NOT NULL)"),
+                (false, false) => format!(" AND kind IN ({placeholders})"),
+            }
+        }
+    };
+    let select = format!(
+        "SELECT id, priority, available_at FROM jobs WHERE state = 'available' AND queue = ?{kind_clause} \
+         ORDER BY priority, available_at, id LIMIT ?"
+    );
+    // (priority, available_at, id, queue)
+    let mut candidates: Vec<(i64, i64, i64, String)> = Vec::new();
+    for (queue, free) in &room {
+        let mut q = sqlx::query(AssertSqlSafe(select.clone())).bind(queue);
+        if let KindFilter::Only { kinds, .. } = &p.kinds {
+            for k in kinds {
+                q = q.bind(k);
+            }
+        }
+        let rows = q
+            .bind((*free).min(take) as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        candidates.extend(
+            rows.iter()
+                .map(|r| (r.get(1), r.get(2), r.get(0), queue.clone())),
+        );
+    }
+    candidates.sort_unstable();
+    let mut picked: Vec<i64> = Vec::new();
+    for (_, _, id, queue) in candidates {
+        if picked.len() as u64 >= take {
+            break;
+        }
+        let free = room
+            .get_mut(&queue)
+            .expect("candidate from a queue with room");
+        if *free > 0 {
+            *free -= 1;
+            picked.push(id);
+        }
+    }
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let placeholders = vec!["?"; picked.len()].join(",");
+    let update = format!(
+        "UPDATE jobs SET state = 'running', epoch = epoch + 1, attempt = attempt + 1, \
+           claimed_by = ?, claimed_at = ?, heartbeat_at = ?, heartbeats = ?, heartbeat_count = 0, \
+           cancel_requested_at = NULL, progress = NULL, turns = 0, \
+           lease_expires_at = CASE WHEN ? THEN min(? + max_run_duration_ms, ? + heartbeat_timeout_ms) \
+                                   ELSE ? + max_run_duration_ms END \
+         WHERE state = 'available' AND id IN ({placeholders}) RETURNING {JOB_COLUMNS}"
+    );
+    let mut q = sqlx::query(AssertSqlSafe(update))
+        .bind(&p.worker)
+        .bind(now)
+        .bind(now)
+        .bind(p.heartbeats)
+        .bind(p.heartbeats)
+        .bind(now)
+        .bind(now)
+        .bind(now);
+    for id in &picked {
+        q = q.bind(id);
+    }
+    let rows = q.fetch_all(&mut *tx).await.map_err(db_error)?;
+    let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+    jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
+    let events: Vec<PendingEvent> = jobs
+        .iter()
+        .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
+        .collect();
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    store.signals.deadlines_changed();
+    Ok(jobs)
+}
+
+pub(crate) async fn heartbeat(store: &SqliteStore, p: HeartbeatParams) -> Result<HeartbeatAck> {
+    let now = store.now_ms();
+    let row = sqlx::query(
+        "UPDATE jobs SET heartbeat_at = ?1, heartbeat_count = heartbeat_count + 1, \
+           lease_expires_at = CASE WHEN heartbeats = 1 AND cancel_requested_at IS NULL \
+                                   THEN min(claimed_at + max_run_duration_ms, ?1 + heartbeat_timeout_ms) \
+                                   ELSE lease_expires_at END, \
+           turns = coalesce(?4, turns), progress = coalesce(?5, progress) \
+         WHERE id = ?2 AND epoch = ?3 AND state = 'running' AND lease_expires_at > ?1 \
+         RETURNING lease_expires_at, cancel_requested_at, turns, max_turns",
+    )
+    .bind(now)
+    .bind(p.job)
+    .bind(p.epoch)
+    .bind(p.turns)
+    .bind(p.progress.as_deref())
+    .fetch_optional(&store.writer)
+    .await
+    .map_err(db_error)?;
+    match row {
+        Some(r) => Ok(HeartbeatAck {
+            lease_expires_at: Timestamp(r.get(0)),
+            cancel_requested: r.get::<Option<i64>, _>(1).is_some(),
+            turns: r.get(2),
+            max_turns: r.get(3),
+        }),
+        None => {
+            let row = sqlx::query("SELECT state, epoch FROM jobs WHERE id = ?")
+                .bind(p.job)
+                .fetch_optional(&store.writer)
+                .await
+                .map_err(db_error)?
+                .ok_or(StoreError::NotFound(p.job))?;
+            let state: JobState =
+                row.get::<String, _>(0)
+                    .parse()
+                    .map_err(|e: String| StoreError::Database {
+                        message: e,
+                        transient: false,
+                    })?;
+            let epoch: i64 = row.get(1);
+            Err(if epoch != p.epoch {
+                StoreError::StaleEpoch {
+                    expected: epoch,
+                    actual: p.epoch,
+                }
+            } else if state != JobState::Running {
+                StoreError::NotRunning { state }
+            } else {
+                StoreError::LeaseExpired
+            })
+        }
+    }
+}
+
+/// The state a failed or reaped run moves to, with its event.
+struct FailureTransition {
+    state: JobState,
+    reason: FailureReason,
+    available_at: i64,
+    event: EventKind,
+}
+
+fn failure_transition(
+    store: &SqliteStore,
+    job: &Job,
+    reason: FailureReason,
+    now: i64,
+) -> FailureTransition {
+    if job.cancel_requested_at.is_some() {
+        return FailureTransition {
+            state: JobState::Cancelled,
+            reason: FailureReason::Cancelled,
+            available_at: job.available_at.0,
+            event: EventKind::Cancelled,
+        };
+    }
+    if job.attempt < job.max_attempts && job.retries_reason(reason) {
+        let delay = store.config.retry.delay_after(job.attempt);
+        FailureTransition {
+            state: JobState::Retryable,
+            reason,
+            available_at: now.saturating_add(duration_millis(delay)),
+            event: EventKind::Retryable,
+        }
+    } else {
+        FailureTransition {
+            state: JobState::Failed,
+            reason,
+            available_at: job.available_at.0,
+            event: EventKind::Failed,
+        }
+    }
+}
+
+/// Applies a failure transition to a running job, fenced on its epoch.
+async fn apply_failure(
+    tx: &mut Transaction<'static, Sqlite>,
+    job: &Job,
+    t: &FailureTransition,
+    error: Option<&str>,
+    now: i64,
+) -> Result<Job> {
+    let terminal = t.state.is_terminal();
+    let sql = format!(
+        "UPDATE jobs SET state = ?, failure_reason = ?, last_error = ?, available_at = ?, finished_at = ? \
+         WHERE id = ? AND epoch = ? AND state = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(t.state.as_str())
+        .bind(t.reason.as_str())
+        .bind(error)
+        .bind(t.available_at)
+        .bind(terminal.then_some(now))
+        .bind(job.id)
+        .bind(job.epoch)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .ok_or(StoreError::NotRunning { state: job.state })?;
+    job_from_row(&row)
+}
+
+/// Longest error text kept on a job.
+const MAX_ERROR_LEN: usize = 4096;
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Vec<Result<Job>>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    let mut freed = false;
+    let success_sql = format!(
+        "UPDATE jobs SET state = 'succeeded', finished_at = ?, result = ?, failure_reason = NULL, last_error = NULL \
+         WHERE id = ? AND epoch = ? AND state = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    for f in batch {
+        let answer = match &f.outcome {
+            Outcome::Succeeded { result } => {
+                let row = sqlx::query(AssertSqlSafe(success_sql.clone()))
+                    .bind(now)
+                    .bind(result.as_ref().map(to_json))
+                    .bind(f.job)
+                    .bind(f.epoch)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                match row {
+                    Some(row) => {
+                        let job = job_from_row(&row)?;
+                        events.push(PendingEvent::for_job(
+                            &job,
+                            EventKind::Succeeded,
+                            Actor::Executor,
+                        ));
+                        Ok(job)
+                    }
+                    None => {
+                        let job = load_job(&mut tx, f.job).await;
+                        Err(match job {
+                            Ok(job) => fence(&job, f.epoch)
+                                .unwrap_or(StoreError::NotRunning { state: job.state }),
+                            Err(e) => e,
+                        })
+                    }
+                }
+            }
+            Outcome::Failed { reason, error } => match load_job(&mut tx, f.job).await {
+                Err(e) => Err(e),
+                Ok(job) => match fence(&job, f.epoch) {
+                    Some(refusal) => Err(refusal),
+                    None => {
+                        let t = failure_transition(store, &job, *reason, now);
+                        let error = error.as_deref().map(|e| truncate(e, MAX_ERROR_LEN));
+                        let updated = apply_failure(&mut tx, &job, &t, error, now).await?;
+                        events.push(
+                            PendingEvent::for_job(&updated, t.event, Actor::Executor)
+                                .reason(t.reason.as_str())
+                                .detail(error.map(|e| truncate(e, 200).to_string())),
+                        );
+                        Ok(updated)
+                    }
+                },
+            },
+        };
+        if let (Ok(job), Some(output)) = (&answer, &f.output) {
+            if !output.is_empty() {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO run_output (job_id, attempt, output) VALUES (?, ?, ?)",
+                )
+                .bind(job.id)
+                .bind(job.attempt)
+                .bind(output.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            }
+        }
+        freed |= answer.is_ok();
+        answers.push(answer);
+    }
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    if freed {
+        store.signals.work_changed();
+        store.signals.deadlines_changed();
+    }
+    Ok(answers)
+}
+
+pub(crate) async fn cancel(store: &SqliteStore, id: JobId) -> Result<Job> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let job = load_job(&mut tx, id).await?;
+    let (updated, event) = match job.state {
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+            return Err(StoreError::InvalidState {
+                action: "cancel",
+                state: job.state,
+            });
+        }
+        JobState::Running => {
+            if job.cancel_requested_at.is_some() {
+                return Ok(job);
+            }
+            let grace = duration_millis(store.config.cancel_grace);
+            let sql = format!(
+                "UPDATE jobs SET cancel_requested_at = ?1, lease_expires_at = min(lease_expires_at, ?1 + ?2) \
+                 WHERE id = ?3 AND epoch = ?4 AND state = 'running' RETURNING {JOB_COLUMNS}"
+            );
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(now)
+                .bind(grace)
+                .bind(id)
+                .bind(job.epoch)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let job = job_from_row(&row)?;
+            let event = PendingEvent::for_job(&job, EventKind::CancelRequested, Actor::Operator);
+            (job, event)
+        }
+        JobState::Scheduled | JobState::Available | JobState::Retryable => {
+            let sql = format!(
+                "UPDATE jobs SET state = 'cancelled', failure_reason = 'cancelled', finished_at = ? \
+                 WHERE id = ? RETURNING {JOB_COLUMNS}"
+            );
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(now)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let job = job_from_row(&row)?;
+            let event = PendingEvent::for_job(&job, EventKind::Cancelled, Actor::Operator)
+                .reason("cancelled");
+            (job, event)
+        }
+    };
+    let events = [event];
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    store.signals.deadlines_changed();
+    Ok(updated)
+}
+
+pub(crate) async fn retry(store: &SqliteStore, id: JobId) -> Result<Job> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let job = load_job(&mut tx, id).await?;
+    if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::InvalidState {
+            action: "retry",
+            state: job.state,
+        });
+    }
+    let sql = format!(
+        "UPDATE jobs SET state = 'available', attempt = 0, available_at = ?, finished_at = NULL, \
+           cancel_requested_at = NULL, failure_reason = NULL, last_error = NULL \
+         WHERE id = ? RETURNING {JOB_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        Err(e) if is_unique_violation(&e) => {
+            return Err(reeve_core::InputError::new(
+                "unique_key",
+                "another live job holds this job's unique key; cancel or finish it first",
+            )
+            .into());
+        }
+        Err(e) => return Err(db_error(e)),
+    };
+    let updated = job_from_row(&row)?;
+    let events = [PendingEvent::for_job(
+        &updated,
+        EventKind::Retried,
+        Actor::Operator,
+    )];
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    store.signals.work_changed();
+    Ok(updated)
+}
+
+pub(crate) async fn reap_expired(store: &SqliteStore, limit: u32) -> Result<Vec<Job>> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at <= ? \
+         ORDER BY lease_expires_at LIMIT ?"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut reaped = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let job = job_from_row(row)?;
+        let hard_cap = job
+            .claimed_at
+            .map(|c| c.0.saturating_add(duration_millis(job.max_run_duration)))
+            .unwrap_or(i64::MAX);
+        let reason = if now >= hard_cap {
+            FailureReason::Timeout
+        } else {
+            FailureReason::HeartbeatLost
+        };
+        let t = failure_transition(store, &job, reason, now);
+        let updated =
+            apply_failure(&mut tx, &job, &t, Some(reap_message(&job, reason)), now).await?;
+        events.push(
+            PendingEvent::for_job(&updated, t.event, Actor::Reaper).reason(t.reason.as_str()),
+        );
+        reaped.push(updated);
+    }
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    store.signals.work_changed();
+    store.signals.deadlines_changed();
+    Ok(reaped)
+}
+
+fn reap_message(job: &Job, reason: FailureReason) -> &'static str {
+    match (job.cancel_requested_at.is_some(), reason) {
+        (true, _) => "cancelled: the executor did not stop within the cancel grace",
+        (false, FailureReason::Timeout) => "run passed its max_run_duration",
+        _ => "no heartbeat within heartbeat_timeout",
+    }
+}
+
+pub(crate) async fn promote_due(store: &SqliteStore, limit: u32) -> Result<u64> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let rows = sqlx::query(
+        "UPDATE jobs SET state = 'available' WHERE id IN ( \
+           SELECT id FROM jobs WHERE state IN ('scheduled', 'retryable') AND available_at <= ? \
+           ORDER BY available_at LIMIT ?) \
+         RETURNING id, queue, kind, epoch, attempt, claimed_by",
+    )
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let events: Vec<PendingEvent> = rows
+        .iter()
+        .map(|r| PendingEvent {
+            job_id: r.get(0),
+            event: EventKind::Available,
+            epoch: r.get(3),
+            attempt: r.get::<i64, _>(4) as i32,
+            worker: None,
+            reason: None,
+            by: Actor::Engine,
+            detail: None,
+            queue: r.get(1),
+            kind: r.get(2),
+        })
+        .collect();
+    insert_events(&mut tx, now, &events).await?;
+    commit(tx, now, &events).await?;
+    store.signals.work_changed();
+    Ok(rows.len() as u64)
+}
+
+pub(crate) async fn prune(store: &SqliteStore, older_than: Duration, batch: u32) -> Result<u64> {
+    let mut tx = store.begin().await?;
+    let cutoff = store.now_ms().saturating_sub(duration_millis(older_than));
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? \
+         AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?",
+    )
+    .bind(cutoff)
+    .bind(i64::from(batch))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let placeholders = vec!["?"; ids.len()].join(",");
+    for table in [
+        "events WHERE job_id",
+        "run_output WHERE job_id",
+        "jobs WHERE id",
+    ] {
+        let sql = format!("DELETE FROM {table} IN ({placeholders})");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&mut *tx).await.map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(ids.len() as u64)
+}

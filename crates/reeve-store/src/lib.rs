@@ -1,0 +1,324 @@
+//! The storage trait: every durable state change reeve makes, as one method.
+//!
+//! Each mutating method of [`Store`] is **one atomic statement or one
+//! transaction** in the backend, never a read followed by a separate write.
+//! Executor write-backs are **fenced**: they apply only while the job is
+//! `running` with the epoch the executor presents, and otherwise change
+//! nothing and answer [`StoreError::StaleEpoch`] or [`StoreError::NotRunning`].
+//!
+//! **Architecture invariant:** lease arithmetic uses the *store's* clock
+//! ([`Store::now`]): the daemon's on SQLite, the database's `now()` on
+//! PostgreSQL. Callers pass durations, never instants computed from their own
+//! clock, so a daemon with a skewed clock still reaps and extends correctly.
+//!
+//! The engine holds an `Arc<dyn Store>` and knows nothing of SQL; the
+//! [`conformance`] suite (feature `conformance`) is the one body of tests that
+//! every backend must pass.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reeve_core::{Event, FailureReason, Job, JobFilter, JobId, JobState, NewJob, Page, Timestamp};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod log;
+
+/// Errors of the store: domain refusals (nothing changed) and infrastructure
+/// failures.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// A write carried an epoch that is not the job's current one. `expected`
+    /// is the job's current epoch, `actual` the epoch the writer presented.
+    #[error("stale epoch: the job is at epoch {expected}, the write carried {actual}")]
+    StaleEpoch { expected: i64, actual: i64 },
+    /// The epoch matches but the run is over (or its lease has passed, for
+    /// heartbeats).
+    #[error("the job is not running (state {state})")]
+    NotRunning { state: JobState },
+    /// The epoch matches but the lease has already passed: the run is about
+    /// to be reaped, so a heartbeat cannot revive it.
+    #[error("the lease has expired")]
+    LeaseExpired,
+    /// The operation does not apply to a job in this state.
+    #[error("cannot {action} a job in state {state}")]
+    InvalidState {
+        action: &'static str,
+        state: JobState,
+    },
+    #[error("invalid input: {0}")]
+    Input(#[from] reeve_core::InputError),
+    /// The database failed. `transient` errors (busy, connection lost) may be
+    /// retried; the message never contains credentials.
+    #[error("database error: {message}")]
+    Database { message: String, transient: bool },
+}
+
+impl StoreError {
+    /// Whether nothing was changed because the request does not apply (as
+    /// opposed to the database failing).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, StoreError::Database { .. })
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Result of enqueueing one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enqueued {
+    pub job: Job,
+    /// False when a non-terminal job with the same `unique_key` existed and
+    /// was returned instead.
+    pub created: bool,
+}
+
+/// Which kinds a claimer can run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KindFilter {
+    #[default]
+    Any,
+    /// These kinds, plus ad-hoc command jobs when `commands` is set.
+    Only { kinds: Vec<String>, commands: bool },
+}
+
+/// A claim request: up to `limit` jobs in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimParams {
+    /// The claiming worker's identity, recorded as `claimed_by`.
+    pub worker: String,
+    /// Queues to claim from; `None` = every queue.
+    pub queues: Option<Vec<String>>,
+    pub kinds: KindFilter,
+    pub limit: u32,
+    /// Whether the executor heartbeats (SPEC §4): if not, the lease is only
+    /// `claimed_at + max_run_duration`.
+    pub heartbeats: bool,
+}
+
+/// A heartbeat for one run, optionally carrying progress reports.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeartbeatParams {
+    pub job: JobId,
+    pub epoch: i64,
+    /// Turns used so far by the run (absolute, not a delta).
+    pub turns: Option<i64>,
+    pub progress: Option<String>,
+}
+
+/// What a successful heartbeat tells the executor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub lease_expires_at: Timestamp,
+    /// An operator asked to cancel: stop the work and fail with `cancelled`.
+    pub cancel_requested: bool,
+    pub turns: i64,
+    pub max_turns: Option<i64>,
+}
+
+/// How a run ended, as reported by its executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded {
+        result: Option<serde_json::Value>,
+    },
+    Failed {
+        reason: FailureReason,
+        error: Option<String>,
+    },
+}
+
+/// A fenced write-back of one run's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub job: JobId,
+    pub epoch: i64,
+    pub outcome: Outcome,
+    /// The tail of the run's output, kept with the job.
+    pub output: Option<Vec<u8>>,
+}
+
+/// Per-queue settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueSettings {
+    /// Maximum running jobs in this queue; `None` = no per-queue cap.
+    pub concurrency: Option<u32>,
+    pub paused: bool,
+}
+
+/// A change to a queue's settings; `None` fields are left as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueuePatch {
+    /// `Some(None)` removes the cap.
+    pub concurrency: Option<Option<u32>>,
+    pub paused: Option<bool>,
+}
+
+/// A queue with its settings and how many jobs it holds in each live state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: QueueSettings,
+    pub scheduled: u64,
+    pub available: u64,
+    pub running: u64,
+    pub retryable: u64,
+}
+
+/// Limits that span queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Maximum running jobs across all queues; `None` = no global cap.
+    pub global: Option<u32>,
+}
+
+/// Counts for `reeve status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    pub running: u64,
+}
+
+/// Output kept for one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutput {
+    pub job_id: JobId,
+    pub attempt: i32,
+    pub output: String,
+}
+
+/// Static settings a backend is opened with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub default_max_run_duration: Duration,
+    pub default_heartbeat_timeout: Duration,
+    pub retry: reeve_core::RetryPolicy,
+    /// How long a running job's executor gets to stop after a cancel before
+    /// the reaper ends the run anyway.
+    pub cancel_grace: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            default_max_run_duration: reeve_core::job::DEFAULT_MAX_RUN_DURATION,
+            default_heartbeat_timeout: reeve_core::job::DEFAULT_HEARTBEAT_TIMEOUT,
+            retry: reeve_core::RetryPolicy::default(),
+            cancel_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Durable state of jobs, queues and limits. See the crate docs for the
+/// atomicity and fencing contract every method keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Wake-ups published after each commit (see [`Signals`]).
+    fn signals(&self) -> &Signals;
+
+    /// The store's clock: the authority for every lease comparison.
+    async fn now(&self) -> Result<Timestamp>;
+
+    /// Inserts jobs in one transaction; a job whose `unique_key` matches a
+    /// non-terminal job returns that job instead (`created: false`).
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
+
+    /// Claims up to `limit` available jobs in priority order, skipping paused
+    /// queues, and never letting the running count exceed the global cap or a
+    /// queue's cap. Claiming nothing is a normal outcome.
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<Job>>;
+
+    /// Extends the lease of a running run. Refused (nothing changes) when the
+    /// epoch is stale, the run is over, or its lease has already passed.
+    async fn heartbeat(&self, params: HeartbeatParams) -> Result<HeartbeatAck>;
+
+    /// Ends runs: each element is fenced on its own and answered on its own;
+    /// the batch shares one transaction.
+    async fn finish(&self, batch: Vec<Finish>) -> Result<Vec<Result<Job>>>;
+
+    /// Cancels a job. A waiting job is cancelled at once; a running one gets
+    /// `cancel_requested_at` and a lease shortened to the cancel grace, and is
+    /// cancelled when its executor reports back (or the reaper ends it).
+    async fn cancel(&self, id: JobId) -> Result<Job>;
+
+    /// An operator's retry of a `failed` or `cancelled` job: back to
+    /// `available` with attempts reset and the epoch kept.
+    async fn retry(&self, id: JobId) -> Result<Job>;
+
+    /// Ends up to `limit` runs whose lease has passed (`timeout` when the run
+    /// passed its `max_run_duration`, else `heartbeat_lost`), and returns
+    /// them in their new state.
+    async fn reap_expired(&self, limit: u32) -> Result<Vec<Job>>;
+
+    /// Moves up to `limit` `scheduled` / `retryable` jobs whose time has come
+    /// to `available`; returns how many moved.
+    async fn promote_due(&self, limit: u32) -> Result<u64>;
+
+    /// Time until the next lease expiry or due job, `Some(ZERO)` if one is
+    /// already due, `None` if nothing is pending.
+    async fn next_due_in(&self) -> Result<Option<Duration>>;
+
+    async fn get_job(&self, id: JobId) -> Result<Job>;
+    async fn list_jobs(&self, filter: JobFilter) -> Result<Page<Job>>;
+    async fn job_events(&self, id: JobId) -> Result<Vec<Event>>;
+    async fn job_output(&self, id: JobId) -> Result<Vec<RunOutput>>;
+
+    async fn list_queues(&self) -> Result<Vec<QueueInfo>>;
+    async fn update_queue(&self, name: &str, patch: QueuePatch) -> Result<QueueInfo>;
+    async fn limits(&self) -> Result<Limits>;
+    async fn set_limits(&self, limits: Limits) -> Result<Limits>;
+    async fn status(&self) -> Result<StatusCounts>;
+
+    /// Deletes terminal jobs (with their events and output) finished more than
+    /// `older_than` ago, at most `batch` jobs per call; returns how many.
+    async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64>;
+}
+
+/// Wake-ups a store publishes after a commit. Both are version counters
+/// (`tokio::sync::watch`), so a waiter that looks before it sleeps can never
+/// miss a change.
+#[derive(Debug)]
+pub struct Signals {
+    /// Something may now be claimable: an enqueue, a promotion, a freed slot,
+    /// a raised cap or resumed queue.
+    pub work: tokio::sync::watch::Sender<u64>,
+    /// A deadline may now be earlier than the engine's sleep: a claim (new
+    /// lease), a delayed enqueue, a retry backoff, a cancel request.
+    pub deadlines: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            work: tokio::sync::watch::Sender::new(0),
+            deadlines: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Signals {
+    pub fn work_changed(&self) {
+        self.work.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn deadlines_changed(&self) {
+        self.deadlines.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
