@@ -81,14 +81,14 @@ impl JobState {
     /// The transition table of SPEC §2. Nothing else may happen to a job.
     pub fn can_transition(self, to: JobState) -> bool {
         use JobState::*;
-        match (self, to) {
-            (Scheduled | Retryable, Available) => true,
-            (Available, Running) => true,
-            (Running, Succeeded | Retryable | Failed) => true,
-            (Scheduled | Available | Running | Retryable, Cancelled) => true,
-            (Failed | Cancelled, Available) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Scheduled | Retryable, Available)
+                | (Available, Running)
+                | (Running, Succeeded | Retryable | Failed)
+                | (Scheduled | Available | Running | Retryable, Cancelled)
+                | (Failed | Cancelled, Available)
+        )
     }
 }
 
@@ -320,15 +320,15 @@ impl EnqueueRequest {
             ),
             (None, None) => Availability::Now,
         };
-        if let Some(cmd) = &self.command {
-            if cmd.is_empty() || cmd[0].is_empty() {
-                return Err(InputError::new(f("command"), "must name a program"));
-            }
+        if self
+            .command
+            .as_ref()
+            .is_some_and(|cmd| cmd.first().is_none_or(String::is_empty))
+        {
+            return Err(InputError::new(f("command"), "must name a program"));
         }
-        if let Some(t) = self.max_turns {
-            if t < 1 {
-                return Err(InputError::new(f("max_turns"), "must be at least 1"));
-            }
+        if self.max_turns.is_some_and(|t| t < 1) {
+            return Err(InputError::new(f("max_turns"), "must be at least 1"));
         }
         let retry_on = self
             .retry_on

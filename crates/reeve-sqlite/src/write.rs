@@ -364,10 +364,11 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
     let mut room: HashMap<String, u64> = HashMap::new();
     for r in &queue_rows {
         let name: String = r.get(0);
-        if let Some(wanted) = &p.queues {
-            if !wanted.contains(&name) {
-                continue;
-            }
+        if p.queues
+            .as_ref()
+            .is_some_and(|wanted| !wanted.contains(&name))
+        {
+            continue;
         }
         if r.get::<i64, _>(2) != 0 {
             continue; // paused
@@ -670,8 +671,10 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
                 },
             },
         };
-        if let (Ok(job), Some(output)) = (&answer, &f.output) {
-            if !output.is_empty() {
+        if let (Ok(job), Some(output)) = (&answer, &f.output)
+            && !output.is_empty()
+        {
+            {
                 sqlx::query(
                     "INSERT OR REPLACE INTO run_output (job_id, attempt, output) VALUES (?, ?, ?)",
                 )

@@ -1331,7 +1331,7 @@ pub async fn random_operations_keep_invariants(h: &impl Harness) {
             1 | 2 => {
                 for j in s.claim(claim("w", 1 + next(3) as u32)).await.unwrap() {
                     *claims.entry(j.id).or_default() += 1;
-                    assert_eq!(j.epoch, claims[&j.id] + 0, "epoch counts claims");
+                    assert_eq!(j.epoch, claims[&j.id], "epoch counts claims");
                 }
             }
             3 | 4 if !ids.is_empty() => {

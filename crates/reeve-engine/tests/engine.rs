@@ -1,0 +1,430 @@
+//! The engine against a real SQLite file: dispatch, heartbeats, reaping of
+//! local runs, cancel, turn budgets, shutdown, and the process executor.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reeve_core::{FailureReason, JobState, NewJob};
+use reeve_engine::process::{CommandTemplate, ProcessHandler};
+use reeve_engine::reeve_exec::RunLimits;
+use reeve_engine::{Engine, EngineConfig, Handler, Handlers, Run};
+use reeve_sqlite::{SqliteOptions, SqliteStore};
+use reeve_store::{Limits, Outcome, QueuePatch, Store, StoreConfig};
+
+async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteOptions::from_url(&format!("sqlite://{}", dir.path().join("e.db").display()))
+        .unwrap();
+    (
+        dir,
+        Arc::new(
+            SqliteStore::open(&opts, StoreConfig::default())
+                .await
+                .unwrap(),
+        ),
+    )
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+struct Noop;
+
+#[async_trait]
+impl Handler for Noop {
+    async fn run(&self, _run: Run) -> Outcome {
+        Outcome::Succeeded { result: None }
+    }
+}
+
+/// Sleeps `ms` from the payload unless stopped; tracks concurrency.
+struct Sleeper {
+    now: AtomicU32,
+    max: AtomicU32,
+}
+
+#[async_trait]
+impl Handler for Sleeper {
+    async fn run(&self, run: Run) -> Outcome {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        let ms = run.job.payload["ms"].as_u64().unwrap_or(10);
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => false,
+            _ = run.stop.cancelled() => true,
+        };
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        if stopped {
+            return Outcome::Failed {
+                reason: FailureReason::Error,
+                error: Some("stopped".into()),
+            };
+        }
+        Outcome::Succeeded {
+            result: Some(serde_json::json!({"slept": ms})),
+        }
+    }
+}
+
+fn sleeper() -> Arc<Sleeper> {
+    Arc::new(Sleeper {
+        now: AtomicU32::new(0),
+        max: AtomicU32::new(0),
+    })
+}
+
+fn sleep_job(ms: u64) -> NewJob {
+    let mut nj = NewJob::new("default", "sleep");
+    nj.payload = serde_json::json!({ "ms": ms });
+    nj
+}
+
+async fn state(store: &Arc<SqliteStore>, id: i64) -> JobState {
+    store.get_job(id).await.unwrap().state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_every_job_once() {
+    let (_dir, store) = store().await;
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("noop", Arc::new(Noop)),
+    );
+    let jobs: Vec<NewJob> = (0..300).map(|_| NewJob::new("default", "noop")).collect();
+    store.enqueue(jobs).await.unwrap();
+    eventually("all succeeded", || async {
+        store.status().await.unwrap().by_state["succeeded"] == 300
+    })
+    .await;
+    assert_eq!(engine.stats().finished.load(Ordering::Relaxed), 300);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_run_alive() {
+    let (_dir, store) = store().await;
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", sleeper()),
+    );
+    let mut nj = sleep_job(1500);
+    nj.heartbeat_timeout = Some(Duration::from_millis(300));
+    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
+    eventually("succeeded", || async {
+        state(&store, id).await == JobState::Succeeded
+    })
+    .await;
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!(
+        job.attempt, 1,
+        "never reaped although the run outlived its heartbeat timeout 5x"
+    );
+    assert!(
+        job.heartbeat_count >= 3,
+        "heartbeats sent: {}",
+        job.heartbeat_count
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaped_local_run_is_aborted_and_never_writes_back() {
+    let (_dir, store) = store().await;
+    let handler = sleeper();
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", handler.clone()),
+    );
+    let mut nj = sleep_job(60_000);
+    nj.max_run_duration = Some(Duration::from_secs(30));
+    nj.max_attempts = 1;
+    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
+    eventually("running", || async {
+        state(&store, id).await == JobState::Running
+    })
+    .await;
+    // Jump past max_run_duration: the reaper ends the run as a timeout.
+    store.advance_clock(Duration::from_secs(31));
+    store.signals().deadlines_changed();
+    eventually("reaped", || async {
+        state(&store, id).await == JobState::Failed
+    })
+    .await;
+    eventually("local run aborted", || async {
+        handler.now.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!(job.failure_reason, Some(FailureReason::Timeout));
+    assert_eq!(job.result, None, "the aborted run did not write its result");
+    engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(store.get_job(id).await.unwrap(), job);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job() {
+    let (_dir, store) = store().await;
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", sleeper()),
+    );
+    let id = store.enqueue(vec![sleep_job(60_000)]).await.unwrap()[0]
+        .job
+        .id;
+    eventually("running", || async {
+        state(&store, id).await == JobState::Running
+    })
+    .await;
+    store.cancel(id).await.unwrap();
+    engine.cancel_local(id);
+    eventually("cancelled", || async {
+        state(&store, id).await == JobState::Cancelled
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_run_through_its_heartbeat() {
+    let (_dir, store) = store().await;
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", sleeper()),
+    );
+    let mut nj = sleep_job(60_000);
+    nj.heartbeat_timeout = Some(Duration::from_millis(300));
+    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
+    eventually("running", || async {
+        state(&store, id).await == JobState::Running
+    })
+    .await;
+    // As another daemon would: only the store knows.
+    store.cancel(id).await.unwrap();
+    eventually("cancelled", || async {
+        state(&store, id).await == JobState::Cancelled
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_hold_with_many_slots() {
+    let (_dir, store) = store().await;
+    store.set_limits(Limits { global: Some(3) }).await.unwrap();
+    store
+        .update_queue(
+            "narrow",
+            QueuePatch {
+                concurrency: Some(Some(1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let handler = sleeper();
+    let mut config = EngineConfig::new("t");
+    config.slots = 16;
+    let engine = Engine::start(
+        store.clone(),
+        config,
+        Handlers::new().kind("sleep", handler.clone()),
+    );
+    let mut jobs: Vec<NewJob> = (0..20).map(|_| sleep_job(20)).collect();
+    for j in jobs.iter_mut().take(10) {
+        j.queue = "narrow".into();
+    }
+    store.enqueue(jobs).await.unwrap();
+    eventually("all done", || async {
+        store.status().await.unwrap().by_state["succeeded"] == 20
+    })
+    .await;
+    assert!(
+        handler.max.load(Ordering::SeqCst) <= 3,
+        "global cap of 3 held"
+    );
+    assert!(handler.max.load(Ordering::SeqCst) >= 2, "and was used");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_runs_for_retry() {
+    let (_dir, store) = store().await;
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", sleeper()),
+    );
+    let id = store.enqueue(vec![sleep_job(60_000)]).await.unwrap()[0]
+        .job
+        .id;
+    eventually("running", || async {
+        state(&store, id).await == JobState::Running
+    })
+    .await;
+    engine.shutdown(Duration::from_millis(200)).await;
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Retryable);
+    assert_eq!(job.failure_reason, Some(FailureReason::WorkerShutdown));
+}
+
+fn process_engine(store: &Arc<SqliteStore>, kind: &str, script: &str) -> Arc<Engine> {
+    let template = CommandTemplate {
+        command: vec![script.to_string()],
+        shell: true,
+        cwd: None,
+        env: Default::default(),
+    };
+    let handler = Arc::new(ProcessHandler::new(
+        HashMap::from([(kind.to_string(), template)]),
+        RunLimits {
+            kill_grace: Duration::from_millis(500),
+            ..RunLimits::default()
+        },
+        "http://127.0.0.1:7433".into(),
+    ));
+    Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new()
+            .kind(kind, handler.clone())
+            .commands(handler),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_jobs_get_their_environment_and_exit_codes() {
+    let (_dir, store) = store().await;
+    let engine = process_engine(
+        &store,
+        "env",
+        r#"echo "job=$REEVE_JOB_ID attempt=$REEVE_ATTEMPT epoch=$REEVE_EPOCH key=$REEVE_IDEMPOTENCY_KEY"; cat; echo; test "$REEVE_ATTEMPT" -ge 2"#,
+    );
+    let mut nj = NewJob::new("default", "env");
+    nj.payload = serde_json::json!({"hello": "world"});
+    nj.idempotency_key = Some("k-1".into());
+    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
+    // Attempt 1 exits 1 (exit_code, retried); push the backoff along.
+    eventually("first attempt failed", || async {
+        state(&store, id).await == JobState::Retryable
+    })
+    .await;
+    assert_eq!(
+        store.get_job(id).await.unwrap().failure_reason,
+        Some(FailureReason::ExitCode)
+    );
+    store.advance_clock(Duration::from_secs(16));
+    store.signals().deadlines_changed();
+    eventually("second attempt succeeded", || async {
+        state(&store, id).await == JobState::Succeeded
+    })
+    .await;
+    let output = store.job_output(id).await.unwrap();
+    assert_eq!(output.len(), 2);
+    assert!(
+        output[1]
+            .output
+            .contains(&format!("job={id} attempt=2 epoch=2 key=k-1")),
+        "{}",
+        output[1].output
+    );
+    assert!(
+        output[1].output.contains(r#"{"hello":"world"}"#),
+        "payload on stdin"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_reports_turns_result_and_reasons() {
+    let (_dir, store) = store().await;
+    let engine = process_engine(
+        &store,
+        "agent",
+        // Braces are doubled: templates treat `{...}` as placeholders.
+        r#"for i in 1 2 3 4 5 6; do echo "{{\"turns\":$i}}" >&3; sleep 0.05; done; echo '{{"result":{{"ok":true}}}}' >&3"#,
+    );
+    let mut over = NewJob::new("default", "agent");
+    over.max_turns = Some(3);
+    let mut within = NewJob::new("default", "agent");
+    within.max_turns = Some(10);
+    let mut adhoc = NewJob::new("default", "adhoc");
+    adhoc.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        r#"echo '{"failure_reason":"rate_limited","error":"429 from the model"}' >&3; exit 9"#
+            .into(),
+    ]);
+    adhoc.max_attempts = 1;
+    let ids: Vec<i64> = store
+        .enqueue(vec![over, within, adhoc])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job.id)
+        .collect();
+    eventually("all ended", || async {
+        let mut done = true;
+        for id in &ids {
+            let j = store.get_job(*id).await.unwrap();
+            done &= j.state.is_terminal();
+        }
+        done
+    })
+    .await;
+    let over = store.get_job(ids[0]).await.unwrap();
+    assert_eq!(
+        (over.state, over.failure_reason),
+        (JobState::Failed, Some(FailureReason::TurnLimitExceeded))
+    );
+    let within = store.get_job(ids[1]).await.unwrap();
+    assert_eq!(within.state, JobState::Succeeded);
+    assert_eq!(within.result, Some(serde_json::json!({"ok": true})));
+    let adhoc = store.get_job(ids[2]).await.unwrap();
+    assert_eq!(
+        adhoc.failure_reason,
+        Some(FailureReason::RateLimited),
+        "the run's own reason wins over exit_code"
+    );
+    assert_eq!(adhoc.last_error.as_deref(), Some("429 from the model"));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_programs_fail_with_spawn_failed() {
+    let (_dir, store) = store().await;
+    let engine = process_engine(&store, "x", "true");
+    let mut nj = NewJob::new("default", "adhoc");
+    nj.command = Some(vec!["/nonexistent/agent-binary".into()]);
+    nj.max_attempts = 1;
+    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
+    eventually("failed", || async {
+        state(&store, id).await == JobState::Failed
+    })
+    .await;
+    assert_eq!(
+        store.get_job(id).await.unwrap().failure_reason,
+        Some(FailureReason::SpawnFailed)
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
