@@ -78,7 +78,7 @@ pub fn duration_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Parses a human duration: `90s`, `20m`, `1h30m`, `250ms`, `2d`, or ISO 8601
+/// Parses a human duration: `90s`, `20m`, `1h30m`, `250ms`, or ISO 8601
 /// (`PT1H30M`). Zero is allowed; negative values are not.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "expected a duration like 90s, 20m or 1h30m";
@@ -104,12 +104,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_string();
     }
     let mut out = String::new();
-    let units: [(u128, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1000, "s"),
-    ];
+    let units: [(u128, &str); 3] = [(3_600_000, "h"), (60_000, "m"), (1000, "s")];
     let mut rest = total_ms;
     for (size, suffix) in units {
         if rest >= size {
@@ -167,6 +162,7 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("PT1H").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("720h").unwrap(), Duration::from_secs(30 * 86_400));
     }
 
     #[test]

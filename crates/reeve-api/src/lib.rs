@@ -1,0 +1,209 @@
+//! reeve's HTTP API: the one door through which clients, operators and remote
+//! executors reach the store (SPEC §2–§5, §11, §12).
+//!
+//! This crate owns the routes under `/v1`, `/healthz` and `/metrics`, the
+//! admin-token check, the mapping of every refusal to one JSON error shape,
+//! and the request/response wire types. It owns no state of its own: every
+//! durable change is one [`Store`] call, and everything about runs executing
+//! in this process comes from the daemon through the [`Runtime`] trait.
+//!
+//! **Invariants.**
+//! - Validation happens before any store call, so bad input changes nothing.
+//!   A batch is validated whole (first error wins) before one enqueue.
+//! - Every error answer is JSON `{"error": CODE, "message": TEXT, "field"?:
+//!   NAME, ...}`, produced by [`ApiError`] through one exhaustive match from
+//!   error kind to status. This includes extractor rejections (malformed JSON,
+//!   wrong content type, oversized body), unknown routes and bad query strings.
+//! - Database text never reaches a client: store failures are logged with
+//!   `tracing::error!` and answered `database_unavailable` (503, transient)
+//!   or `internal` (500).
+//! - Executor write-backs (heartbeat, complete, fail) are fenced by the store
+//!   on `(job, epoch)`; this layer only forwards the epoch and reports the
+//!   refusal (`stale_epoch`, `not_running`, or `lease_lost` for heartbeats).
+//! - When an admin token is configured, every route except `/healthz` needs
+//!   `Authorization: Bearer <token>`, compared in constant time. Tokens and
+//!   bodies are never logged.
+
+mod admin;
+mod error;
+mod extract;
+mod jobs;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use reeve_core::JobId;
+use reeve_store::Store;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+pub use error::{ApiError, LeaseLost};
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub runtime: Arc<dyn Runtime>,
+    pub config: Arc<ApiConfig>,
+}
+
+/// Settings of the API layer.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// When set, every route but `/healthz` needs `Authorization: Bearer`.
+    pub admin_token: Option<String>,
+    /// Largest request body accepted (413 above it). Default 8 MiB.
+    pub max_request_bytes: usize,
+    /// Largest job payload (and completion result) accepted. Default 1 MiB.
+    pub max_payload_bytes: usize,
+}
+
+/// Default [`ApiConfig::max_request_bytes`].
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            admin_token: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_payload_bytes: reeve_core::job::DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish()
+    }
+}
+
+/// What the API needs from the daemon's engine (implemented by the engine
+/// crate).
+pub trait Runtime: Send + Sync + 'static {
+    fn worker_id(&self) -> String;
+    /// Output of a run executing in this process, from absolute byte offset
+    /// `from`: (bytes still kept from there, next offset). None if the job is
+    /// not running here.
+    fn live_output(&self, job: JobId, from: u64) -> Option<(Vec<u8>, u64)>;
+    /// Called after `Store::cancel` returned a job that is still running:
+    /// stop it now if it runs in this process.
+    fn cancel_local(&self, job: JobId);
+    fn stats(&self) -> RuntimeStats;
+}
+
+/// Counters and gauges of this process's executor, for `/metrics` and
+/// `/v1/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuntimeStats {
+    pub slots: u32,
+    pub busy: u32,
+    pub claimed_total: u64,
+    pub finished_total: u64,
+    pub refused_writebacks_total: u64,
+    pub reaped_total: u64,
+    pub heartbeats_total: u64,
+}
+
+/// The whole API as an axum router (no server: the daemon serves it, tests
+/// call it with `tower::ServiceExt::oneshot`).
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/status", get(admin::status))
+        .route("/v1/jobs", get(jobs::list).post(jobs::enqueue))
+        .route("/v1/jobs/batch", post(jobs::enqueue_batch))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/jobs/{id}/output", get(jobs::output))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/heartbeat", post(jobs::heartbeat))
+        .route("/v1/jobs/{id}/complete", post(jobs::complete))
+        .route("/v1/jobs/{id}/fail", post(jobs::fail))
+        .route("/v1/queues", get(admin::list_queues))
+        .route(
+            "/v1/queues/{name}",
+            axum::routing::patch(admin::patch_queue),
+        )
+        .route("/v1/queues/{name}/pause", post(admin::pause_queue))
+        .route("/v1/queues/{name}/resume", post(admin::resume_queue))
+        .route("/v1/limits", get(admin::get_limits).put(admin::put_limits))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .layer(middleware::from_fn(trace_request))
+        .with_state(state)
+}
+
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// The admin-token check. Constant-time comparison; a missing and a wrong
+/// token get the same answer, and the token is never echoed or logged.
+async fn require_admin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.config.admin_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .unwrap_or("");
+        let ok: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
+        if !ok || expected.is_empty() {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// One debug span and one debug line per request: method, path, status,
+/// duration. Never the query string's secrets, headers or body.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let span = tracing::debug_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    async move {
+        let started = Instant::now();
+        let response = next.run(request).await;
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}

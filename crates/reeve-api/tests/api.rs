@@ -1,0 +1,934 @@
+//! The HTTP API against a real SQLite store in a temp dir, called in-process
+//! with `tower::ServiceExt::oneshot` (no server, no mocks of the store).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use reeve_api::{ApiConfig, AppState, Runtime, RuntimeStats, router};
+use reeve_core::{Job, JobId};
+use reeve_sqlite::{SqliteOptions, SqliteStore};
+use reeve_store::{ClaimParams, Finish, KindFilter, Outcome, Store, StoreConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// A runtime that records what the API asked of it.
+#[derive(Default)]
+struct TestRuntime {
+    cancelled: Mutex<Vec<JobId>>,
+    live: Mutex<HashMap<JobId, Vec<u8>>>,
+}
+
+impl Runtime for TestRuntime {
+    fn worker_id(&self) -> String {
+        "test-worker-1".into()
+    }
+
+    fn live_output(&self, job: JobId, from: u64) -> Option<(Vec<u8>, u64)> {
+        let live = self.live.lock().unwrap();
+        let out = live.get(&job)?;
+        let start = (from as usize).min(out.len());
+        Some((out[start..].to_vec(), out.len() as u64))
+    }
+
+    fn cancel_local(&self, job: JobId) {
+        self.cancelled.lock().unwrap().push(job);
+    }
+
+    fn stats(&self) -> RuntimeStats {
+        RuntimeStats {
+            slots: 4,
+            busy: 1,
+            claimed_total: 7,
+            finished_total: 5,
+            refused_writebacks_total: 1,
+            reaped_total: 2,
+            heartbeats_total: 42,
+        }
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    runtime: Arc<TestRuntime>,
+    app: Router,
+    token: Option<String>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+    json: Value,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        Harness::with_config(ApiConfig::default()).await
+    }
+
+    async fn with_config(config: ApiConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("reeve.db").display());
+        let store = Arc::new(
+            SqliteStore::open(
+                &SqliteOptions::from_url(&url).unwrap(),
+                StoreConfig::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        let runtime = Arc::new(TestRuntime::default());
+        let token = config.admin_token.clone();
+        let state = AppState {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            config: Arc::new(config),
+        };
+        Harness {
+            _dir: dir,
+            store,
+            runtime,
+            app: router(state),
+            token,
+        }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    fn request(&self, method: Method, uri: &str) -> axum::http::request::Builder {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = &self.token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(self.request(Method::GET, uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn raw(&self, method: Method, uri: &str, body: impl Into<String>) -> Reply {
+        self.send(
+            self.request(method, uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.into()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.raw(Method::POST, uri, body.to_string()).await
+    }
+
+    async fn post_empty(&self, uri: &str) -> Reply {
+        self.send(self.request(Method::POST, uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn enqueue(&self, body: Value) -> Job {
+        let r = self.post("/v1/jobs", body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        serde_json::from_value(r.json).unwrap()
+    }
+
+    /// Claims one job directly on the store, as an executor would.
+    async fn claim(&self) -> Job {
+        let mut jobs = self
+            .store
+            .claim(ClaimParams {
+                worker: "exec-1".into(),
+                queues: None,
+                kinds: KindFilter::Any,
+                limit: 1,
+                heartbeats: true,
+            })
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1);
+        jobs.pop().unwrap()
+    }
+
+    async fn total_jobs(&self) -> u64 {
+        self.store.status().await.unwrap().by_state.values().sum()
+    }
+}
+
+fn assert_error(r: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.json["error"], code, "{}", r.text);
+    assert!(r.json["message"].is_string(), "{}", r.text);
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+}
+
+fn assert_field(r: &Reply, status: StatusCode, code: &str, field: &str) {
+    assert_error(r, status, code);
+    assert_eq!(r.json["field"], field, "{}", r.text);
+}
+
+#[tokio::test]
+async fn enqueue_get_list_and_page() {
+    let h = Harness::new().await;
+    let r = h
+        .post(
+            "/v1/jobs",
+            json!({"queue": "agents", "kind": "research", "payload": {"topic": "x"}, "priority": 5}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.headers["x-reeve-created"], "true");
+    let job: Job = serde_json::from_value(r.json.clone()).unwrap();
+    assert_eq!(job.queue, "agents");
+    assert_eq!(job.kind, "research");
+    assert_eq!(job.payload, json!({"topic": "x"}));
+    assert_eq!(r.json["state"], "available");
+
+    let got = h.get(&format!("/v1/jobs/{}", job.id)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.json["id"], job.id);
+    assert_eq!(got.json["priority"], 5);
+
+    for i in 0..4 {
+        h.enqueue(json!({"kind": if i % 2 == 0 { "echo" } else { "sleep" }}))
+            .await;
+    }
+    let all = h.get("/v1/jobs").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.json["items"].as_array().unwrap().len(), 5);
+    assert!(all.json["next_before_id"].is_null());
+
+    let agents = h.get("/v1/jobs?queue=agents").await;
+    assert_eq!(agents.json["items"].as_array().unwrap().len(), 1);
+    let echo = h.get("/v1/jobs?kind=echo&state=available").await;
+    assert_eq!(echo.json["items"].as_array().unwrap().len(), 2);
+    let running = h.get("/v1/jobs?state=running").await;
+    assert_eq!(running.json["items"].as_array().unwrap().len(), 0);
+
+    // Keyset paging: newest first, two at a time, no job seen twice.
+    let mut seen = Vec::new();
+    let mut uri = "/v1/jobs?limit=2".to_string();
+    loop {
+        let page = h.get(&uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let items = page.json["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|j| j["id"].as_i64().unwrap()));
+        match page.json["next_before_id"].as_i64() {
+            Some(before) => uri = format!("/v1/jobs?limit=2&before={before}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "{seen:?}");
+}
+
+#[tokio::test]
+async fn unique_key_dedups_with_200() {
+    let h = Harness::new().await;
+    let body = json!({"kind": "review", "unique_key": "pr-42"});
+    let first = h.post("/v1/jobs", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.headers["x-reeve-created"], "true");
+    let second = h.post("/v1/jobs", body).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(second.headers["x-reeve-created"], "false");
+    assert_eq!(second.json["id"], first.json["id"]);
+    assert_eq!(h.total_jobs().await, 1);
+}
+
+#[tokio::test]
+async fn batch_enqueue_is_all_or_nothing() {
+    let h = Harness::new().await;
+    let r = h
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "a"}, {"kind": "b", "unique_key": "u"}, {"kind": "c", "queue": "q2"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let jobs = r.json["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j["created"] == true));
+    assert_eq!(jobs[2]["job"]["queue"], "q2");
+    assert_eq!(h.total_jobs().await, 3);
+    let before = h.store.status().await.unwrap();
+
+    // One invalid element: named with its index, nothing enqueued.
+    let bad = h
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "ok"}, {"kind": "not a kind"}, {"kind": "ok2"}]}),
+        )
+        .await;
+    assert_field(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "jobs[1].kind",
+    );
+    let bad = h
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "ok"}, {"kind": "x", "max_run_duration": "-5s"}]}),
+        )
+        .await;
+    assert_field(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "jobs[1].max_run_duration",
+    );
+    let bad = h
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "ok"}, {"kind": "x", "prio": 1}]}),
+        )
+        .await;
+    assert_field(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "jobs[1].prio",
+    );
+    let empty = h.post("/v1/jobs/batch", json!({"jobs": []})).await;
+    assert_field(&empty, StatusCode::BAD_REQUEST, "invalid_input", "jobs");
+    assert_eq!(h.store.status().await.unwrap(), before);
+
+    // A duplicate unique key inside a later batch answers created: false.
+    let again = h
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "b", "unique_key": "u"}]}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.json["jobs"][0]["created"], false);
+    assert_eq!(again.json["jobs"][0]["job"]["id"], jobs[1]["job"]["id"]);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
+    let h = Harness::with_config(ApiConfig {
+        max_payload_bytes: 1024,
+        max_request_bytes: 16 * 1024,
+        ..ApiConfig::default()
+    })
+    .await;
+
+    let r = h.raw(Method::POST, "/v1/jobs", "{\"kind\": ").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+    let r = h.raw(Method::POST, "/v1/jobs", "not json at all").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_json");
+
+    let r = h.post("/v1/jobs", json!({"kind": "x", "prio": 3})).await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "prio");
+    assert!(r.json["message"].as_str().unwrap().contains("prio"));
+
+    let r = h.post("/v1/jobs", json!({"queue": "q"})).await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "kind");
+
+    let r = h.post("/v1/jobs", json!({"kind": 12})).await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "kind");
+
+    let r = h
+        .post(
+            "/v1/jobs",
+            json!({"kind": "x", "payload": "y".repeat(2000)}),
+        )
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "payload");
+
+    let r = h
+        .post("/v1/jobs", json!({"kind": "x", "max_run_duration": "-5s"}))
+        .await;
+    assert_field(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "max_run_duration",
+    );
+    assert!(r.json["message"].as_str().unwrap().contains("negative"));
+
+    // Body over max_request_bytes.
+    let big = json!({"kind": "x", "payload": "z".repeat(20 * 1024)}).to_string();
+    let r = h.raw(Method::POST, "/v1/jobs", big).await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    // Wrong or missing content type.
+    let r = h
+        .send(
+            h.request(Method::POST, "/v1/jobs")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(r#"{"kind":"x"}"#))
+                .unwrap(),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let r = h
+        .send(
+            h.request(Method::POST, "/v1/jobs")
+                .body(Body::from(r#"{"kind":"x"}"#))
+                .unwrap(),
+        )
+        .await;
+    assert_error(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+
+    assert_eq!(h.total_jobs().await, 0);
+
+    // Query strings.
+    let r = h.get("/v1/jobs?state=exploded").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "state");
+    let msg = r.json["message"].as_str().unwrap();
+    assert!(
+        msg.contains("available") && msg.contains("cancelled"),
+        "{msg}"
+    );
+    let r = h.get("/v1/jobs?limit=abc").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "limit");
+    let r = h.get("/v1/jobs?limit=5000").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "limit");
+    let r = h.get("/v1/jobs?before=-3").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "before");
+    let r = h.get("/v1/jobs?colour=blue").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "colour");
+
+    // Path parameters.
+    let r = h.get("/v1/jobs/abc").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "id");
+}
+
+#[tokio::test]
+async fn fenced_write_backs_refuse_stale_executors() {
+    let h = Harness::new().await;
+    let job = h.enqueue(json!({"kind": "agent"})).await;
+    let running = h.claim().await;
+    assert_eq!(running.id, job.id);
+    assert_eq!(running.epoch, 1);
+
+    // A stale complete changes nothing.
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/complete", job.id),
+            json!({"epoch": 7, "result": {"ok": true}}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "stale_epoch");
+    assert_eq!(r.json["expected"], 1);
+    assert_eq!(r.json["actual"], 7);
+    assert_eq!(h.store.get_job(job.id).await.unwrap(), running);
+
+    // A stale heartbeat is lease_lost.
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": 0}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "lease_lost");
+    assert_eq!(r.json["reason"], "stale_epoch");
+    assert_eq!(r.json["expected"], 1);
+    assert_eq!(r.json["actual"], 0);
+
+    // The current epoch heartbeats, with turns and progress.
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": 1, "turns": 3, "progress": "step 2 of 5"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "ok");
+    assert_eq!(r.json["turns"], 3);
+    assert!(r.json["lease_expires_at"].is_string());
+    assert!(r.json["max_turns"].is_null());
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": 1, "turns": -1}),
+        )
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "turns");
+
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/complete", job.id),
+            json!({"epoch": 1, "result": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["state"], "succeeded");
+    assert_eq!(r.json["result"], json!({"ok": true}));
+    assert_eq!(r.json["progress"], "step 2 of 5");
+
+    // Completing twice is refused: the run is over.
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/complete", job.id),
+            json!({"epoch": 1}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "not_running");
+    assert_eq!(r.json["state"], "succeeded");
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": 1}),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "lease_lost");
+    assert_eq!(r.json["reason"], "not_running");
+    assert_eq!(r.json["state"], "succeeded");
+
+    // Unknown jobs.
+    let r = h.post("/v1/jobs/999/heartbeat", json!({"epoch": 1})).await;
+    assert_error(&r, StatusCode::CONFLICT, "lease_lost");
+    assert_eq!(r.json["reason"], "not_found");
+    let r = h.post("/v1/jobs/999/complete", json!({"epoch": 1})).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+
+    // The history shows each transition.
+    let r = h.get(&format!("/v1/jobs/{}/events", job.id)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let kinds: Vec<&str> = r.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["enqueued", "claimed", "succeeded"]);
+}
+
+#[tokio::test]
+async fn fail_then_retry() {
+    let h = Harness::new().await;
+    let job = h.enqueue(json!({"kind": "agent"})).await;
+    let run = h.claim().await;
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/fail", job.id),
+            json!({"epoch": run.epoch, "reason": "rate_limited", "error": "slow down"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["state"], "retryable");
+    assert_eq!(r.json["failure_reason"], "rate_limited");
+    assert_eq!(r.json["last_error"], "slow down");
+
+    // A final reason fails for good; the reason is the executor's, even when
+    // the text would classify differently.
+    let job2 = h.enqueue(json!({"kind": "agent2"})).await;
+    let run2 = h.claim().await;
+    assert_eq!(run2.id, job2.id);
+    let bad = h
+        .post(
+            &format!("/v1/jobs/{}/fail", job2.id),
+            json!({"epoch": run2.epoch, "reason": "exploded"}),
+        )
+        .await;
+    assert_field(&bad, StatusCode::BAD_REQUEST, "invalid_json", "reason");
+    let none = h
+        .post(
+            &format!("/v1/jobs/{}/fail", job2.id),
+            json!({"epoch": run2.epoch}),
+        )
+        .await;
+    assert_field(&none, StatusCode::BAD_REQUEST, "invalid_input", "reason");
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/fail", job2.id),
+            json!({"epoch": run2.epoch, "reason": "auth_failed", "error": "HTTP 429"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["state"], "failed");
+    assert_eq!(r.json["failure_reason"], "auth_failed");
+
+    let r = h.post_empty(&format!("/v1/jobs/{}/retry", job2.id)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["state"], "available");
+    assert_eq!(r.json["attempt"], 0);
+    assert_eq!(r.json["epoch"], run2.epoch);
+
+    // Retrying a job that is not failed or cancelled is refused.
+    let r = h.post_empty(&format!("/v1/jobs/{}/retry", job2.id)).await;
+    assert_error(&r, StatusCode::CONFLICT, "invalid_state");
+    assert_eq!(r.json["state"], "available");
+
+    // Without a reason, the error text is classified as a fallback.
+    let run3 = h.claim().await;
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/fail", run3.id),
+            json!({"epoch": run3.epoch, "error": "HTTP 429 Too Many Requests"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["failure_reason"], "rate_limited");
+}
+
+#[tokio::test]
+async fn cancel_waiting_and_running_jobs() {
+    let h = Harness::new().await;
+    let waiting = h.enqueue(json!({"kind": "a", "delay": "1h"})).await;
+    assert_eq!(
+        serde_json::to_value(waiting.state).unwrap(),
+        json!("scheduled")
+    );
+    let r = h
+        .post_empty(&format!("/v1/jobs/{}/cancel", waiting.id))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["state"], "cancelled");
+    assert!(h.runtime.cancelled.lock().unwrap().is_empty());
+    let r = h
+        .post_empty(&format!("/v1/jobs/{}/cancel", waiting.id))
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "invalid_state");
+    assert_eq!(r.json["action"], "cancel");
+
+    let job = h.enqueue(json!({"kind": "b"})).await;
+    let run = h.claim().await;
+    let r = h.post_empty(&format!("/v1/jobs/{}/cancel", job.id)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["state"], "running");
+    assert!(r.json["cancel_requested_at"].is_string());
+    assert_eq!(*h.runtime.cancelled.lock().unwrap(), vec![job.id]);
+
+    // The executor learns it at its next heartbeat.
+    let r = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": run.epoch}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "cancel_requested");
+
+    let r = h.post_empty("/v1/jobs/12345/cancel").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn output_live_and_stored() {
+    let h = Harness::new().await;
+    let job = h.enqueue(json!({"kind": "a"})).await;
+    let run = h.claim().await;
+    h.runtime
+        .live
+        .lock()
+        .unwrap()
+        .insert(job.id, b"hello world".to_vec());
+    let r = h.get(&format!("/v1/jobs/{}/output?from=6", job.id)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.json,
+        json!({"running": true, "data": "world", "next_offset": 11})
+    );
+
+    h.runtime.live.lock().unwrap().clear();
+    let r = h.get(&format!("/v1/jobs/{}/output", job.id)).await;
+    assert_eq!(
+        r.json,
+        json!({"running": false, "attempt": 1, "data": "", "next_offset": 0})
+    );
+    let done = h
+        .store
+        .finish(vec![Finish {
+            job: job.id,
+            epoch: run.epoch,
+            outcome: Outcome::Succeeded { result: None },
+            output: Some(b"line one\nline two\n".to_vec()),
+        }])
+        .await
+        .unwrap();
+    assert!(done[0].is_ok());
+    let r = h.get(&format!("/v1/jobs/{}/output?from=9", job.id)).await;
+    assert_eq!(
+        r.json,
+        json!({"running": false, "attempt": 1, "data": "line two\n", "next_offset": 18})
+    );
+    let r = h.get(&format!("/v1/jobs/{}/output?from=x", job.id)).await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "from");
+    let r = h.get("/v1/jobs/4242/output").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn queues_and_limits() {
+    let h = Harness::new().await;
+    h.enqueue(json!({"kind": "a", "queue": "agents"})).await;
+
+    let r = h
+        .raw(Method::PATCH, "/v1/queues/agents", r#"{"concurrency": 2}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["name"], "agents");
+    assert_eq!(r.json["concurrency"], 2);
+    assert_eq!(r.json["paused"], false);
+    assert_eq!(r.json["available"], 1);
+
+    // Absent concurrency is left alone; null removes it.
+    let r = h
+        .raw(Method::PATCH, "/v1/queues/agents", r#"{"paused": true}"#)
+        .await;
+    assert_eq!(r.json["concurrency"], 2);
+    assert_eq!(r.json["paused"], true);
+    let r = h
+        .raw(
+            Method::PATCH,
+            "/v1/queues/agents",
+            r#"{"concurrency": null}"#,
+        )
+        .await;
+    assert!(r.json["concurrency"].is_null(), "{}", r.text);
+    assert_eq!(r.json["paused"], true);
+
+    for bad in [
+        r#"{"concurrency": -1}"#,
+        r#"{"concurrency": 1.5}"#,
+        r#"{"concurrency": "two"}"#,
+    ] {
+        let r = h.raw(Method::PATCH, "/v1/queues/agents", bad).await;
+        assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "concurrency");
+    }
+    let r = h
+        .raw(Method::PATCH, "/v1/queues/agents", r#"{"pause": true}"#)
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "pause");
+    let r = h
+        .raw(
+            Method::PATCH,
+            "/v1/queues/bad%20name",
+            r#"{"paused": true}"#,
+        )
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "queue");
+
+    let r = h.post_empty("/v1/queues/agents/resume").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["paused"], false);
+    let r = h.post_empty("/v1/queues/other/pause").await;
+    assert_eq!(r.json["paused"], true);
+    assert_eq!(r.json["name"], "other");
+
+    let r = h.get("/v1/queues").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let names: Vec<&str> = r.json["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["agents", "other"]);
+
+    let r = h.get("/v1/limits").await;
+    assert_eq!(r.json, json!({"global": null}));
+    let r = h.raw(Method::PUT, "/v1/limits", r#"{"global": 3}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json, json!({"global": 3}));
+    assert_eq!(h.get("/v1/limits").await.json, json!({"global": 3}));
+    let r = h.raw(Method::PUT, "/v1/limits", "{}").await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "global");
+    let r = h.raw(Method::PUT, "/v1/limits", r#"{"global": -2}"#).await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "global");
+    assert_eq!(h.get("/v1/limits").await.json, json!({"global": 3}));
+    let r = h
+        .raw(Method::PUT, "/v1/limits", r#"{"global": null}"#)
+        .await;
+    assert_eq!(r.json, json!({"global": null}));
+}
+
+#[tokio::test]
+async fn status_and_metrics() {
+    let h = Harness::new().await;
+    h.enqueue(json!({"kind": "a", "queue": "agents"})).await;
+    h.enqueue(json!({"kind": "b", "queue": "agents"})).await;
+    h.claim().await;
+    h.raw(Method::PATCH, "/v1/queues/agents", r#"{"concurrency": 4}"#)
+        .await;
+    h.raw(Method::PUT, "/v1/limits", r#"{"global": 8}"#).await;
+
+    let r = h.get("/v1/status").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["backend"], "sqlite");
+    assert_eq!(r.json["worker_id"], "test-worker-1");
+    assert_eq!(r.json["running"], 1);
+    assert_eq!(r.json["by_state"]["available"], 1);
+    assert_eq!(r.json["by_state"]["running"], 1);
+    assert_eq!(r.json["limits"], json!({"global": 8}));
+    assert_eq!(r.json["queues"][0]["name"], "agents");
+    assert_eq!(r.json["executor"]["slots"], 4);
+    assert_eq!(r.json["executor"]["heartbeats_total"], 42);
+
+    let r = h.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = &r.text;
+    for line in [
+        "reeve_running_jobs 1",
+        r#"reeve_jobs{queue="agents",state="running"} 1"#,
+        r#"reeve_jobs{queue="agents",state="available"} 1"#,
+        r#"reeve_queue_concurrency_limit{queue="agents"} 4"#,
+        r#"reeve_queue_paused{queue="agents"} 0"#,
+        "reeve_global_concurrency_limit 8",
+        "reeve_executor_slots 4",
+        "reeve_executor_busy 1",
+        "reeve_claimed_total 7",
+        "reeve_finished_total 5",
+        "reeve_refused_writebacks_total 1",
+        "reeve_reaped_total 2",
+        "reeve_heartbeats_total 42",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_token_guards_everything_but_healthz() {
+    let h = Harness::with_config(ApiConfig {
+        admin_token: Some("s3cret-token".into()),
+        ..ApiConfig::default()
+    })
+    .await;
+
+    let anon = |method: Method, uri: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for uri in ["/v1/jobs", "/v1/status", "/metrics", "/v1/queues"] {
+        let r = h.send(anon(Method::GET, uri)).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let r = h
+        .send(
+            Request::builder()
+                .uri("/v1/jobs")
+                .header(header::AUTHORIZATION, "Bearer wrong-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(!r.text.contains("wrong-token") && !r.text.contains("s3cret"));
+    let r = h
+        .send(
+            Request::builder()
+                .uri("/v1/jobs")
+                .header(header::AUTHORIZATION, "Basic s3cret-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    // A write without the token changes nothing.
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/jobs")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"kind":"x"}"#))
+                .unwrap(),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(h.total_jobs().await, 0);
+
+    // The harness sends the right token.
+    let r = h.get("/v1/jobs").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = h.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let r = h.send(anon(Method::GET, "/healthz")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json, json!({"status": "ok", "backend": "sqlite"}));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_jobs_are_json_404() {
+    let h = Harness::new().await;
+    let r = h.get("/v1/nope").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = h.get("/").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = h.get("/v1/jobs/777").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = h.get("/v1/jobs/777/events").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = h.post_empty("/v1/jobs/777/retry").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = h
+        .send(
+            h.request(Method::DELETE, "/v1/jobs")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn database_failures_never_leak_their_text() {
+    let h = Harness::new().await;
+    h.enqueue(json!({"kind": "a"})).await;
+    h.store.close().await;
+    for r in [
+        h.get("/v1/jobs").await,
+        h.get("/v1/jobs/1").await,
+        h.post("/v1/jobs", json!({"kind": "b"})).await,
+        h.get("/metrics").await,
+    ] {
+        assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable");
+        let lower = r.text.to_lowercase();
+        assert!(
+            !lower.contains("pool") && !lower.contains("sqlite") && !lower.contains("closed"),
+            "{}",
+            r.text
+        );
+    }
+}
