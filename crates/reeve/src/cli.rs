@@ -1,0 +1,176 @@
+//! The command line: every command, flag and environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "reeve", version, about = "A durable scheduler and supervisor for long-running jobs")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every client command shares.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The daemon's URL.
+    #[arg(long, global = true, env = "REEVE_URL", default_value = "http://127.0.0.1:7433")]
+    pub url: String,
+    /// Bearer token for the daemon (never printed).
+    #[arg(long = "token-env-value", hide = true, env = "REEVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: engine, process executor and HTTP API.
+    Serve(ServeArgs),
+    /// Add a job (prints its id; with --json, the job).
+    Enqueue(EnqueueArgs),
+    /// Inspect and act on jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Inspect and configure queues.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
+    /// Limits that span queues.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+    /// Running jobs, limits and queue depths.
+    Status,
+    /// Measure the store: enqueue and processing throughput, idle latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML). Default: ./reeve.toml if it exists.
+    #[arg(long, env = "REEVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL (`sqlite://PATH`). Overrides the config.
+    #[arg(long, env = "REEVE_DB")]
+    pub db: Option<String>,
+    /// Listen address. Overrides the config.
+    #[arg(long, env = "REEVE_LISTEN")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnqueueArgs {
+    #[arg(long, default_value = "default")]
+    pub queue: String,
+    #[arg(long)]
+    pub kind: String,
+    /// JSON payload.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Lower runs first.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    #[arg(long)]
+    pub unique_key: Option<String>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// e.g. 20m
+    #[arg(long, allow_hyphen_values = true)]
+    pub max_run_duration: Option<String>,
+    /// e.g. 90s
+    #[arg(long, allow_hyphen_values = true)]
+    pub heartbeat_timeout: Option<String>,
+    /// Run after this long (e.g. 10m).
+    #[arg(long, conflicts_with = "run_at", allow_hyphen_values = true)]
+    pub delay: Option<String>,
+    /// Run at this instant (RFC 3339).
+    #[arg(long)]
+    pub run_at: Option<String>,
+    /// Stop the run when it reports more turns than this.
+    #[arg(long)]
+    pub max_turns: Option<i64>,
+    /// An ad-hoc command to run instead of the kind's template.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Show jobs older than this id (the previous page's last).
+        #[arg(long)]
+        before: Option<i64>,
+    },
+    /// One job with its events and output tail.
+    Show { id: i64 },
+    /// Cancel a job (a running one is stopped first).
+    Cancel { id: i64 },
+    /// Retry a failed or cancelled job.
+    Retry { id: i64 },
+    /// A job's output; --follow streams it while the job runs.
+    Logs {
+        id: i64,
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Queues with their limits and depths.
+    List,
+    /// Set a queue's concurrency limit.
+    Set {
+        queue: String,
+        /// Maximum running jobs; `none` removes the limit.
+        #[arg(long)]
+        concurrency: String,
+    },
+    /// Stop claiming from a queue.
+    Pause { queue: String },
+    /// Claim from a queue again.
+    Resume { queue: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Show the limits.
+    Show,
+    /// Set the global concurrency limit.
+    Set {
+        /// Maximum running jobs in all queues; `none` removes the limit.
+        #[arg(long)]
+        global: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Database to measure (default: a fresh SQLite file in a temp dir).
+    #[arg(long, env = "REEVE_DB")]
+    pub db: Option<String>,
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: u32,
+    /// Concurrent claimers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u32,
+    /// Idle-latency samples (after 20 warm-up samples).
+    #[arg(long, default_value_t = 200)]
+    pub samples: u32,
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,315 @@
+//! `reeve.toml`: read in two stages. [`RawConfig`] mirrors the file exactly
+//! (unknown keys are errors); [`Config::load`] applies `REEVE_*` environment
+//! overrides and command-line flags, validates every value, and fails with a
+//! message naming the key. Nothing invalid is ever replaced by a default.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reeve_core::RetryPolicy;
+use reeve_core::time::human_duration;
+use reeve_engine::process::CommandTemplate;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7433";
+pub const DEFAULT_DB: &str = "sqlite://reeve.db";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub executor: RawExecutor,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub queues: BTreeMap<String, RawQueue>,
+    #[serde(default)]
+    pub kinds: BTreeMap<String, RawKind>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub db: Option<String>,
+    /// Name of the environment variable holding the admin token.
+    pub admin_token_env: Option<String>,
+    /// File holding the admin token.
+    pub admin_token_file: Option<PathBuf>,
+    pub max_request_bytes: Option<usize>,
+    pub max_payload_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    #[serde(default, with = "human_duration::option")]
+    pub max_run_duration: Option<Duration>,
+    #[serde(default, with = "human_duration::option")]
+    pub heartbeat_timeout: Option<Duration>,
+    #[serde(default, with = "human_duration::option")]
+    pub cancel_grace: Option<Duration>,
+    #[serde(default, with = "human_duration::option")]
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecutor {
+    pub slots: Option<u32>,
+    /// Whether ad-hoc command jobs (`reeve enqueue -- CMD`) may run here.
+    pub commands: Option<bool>,
+    #[serde(default, with = "human_duration::option")]
+    pub kill_grace: Option<Duration>,
+    pub output_limit_bytes: Option<usize>,
+    #[serde(default, with = "human_duration::option")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub global: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub concurrency: Option<u32>,
+    pub paused: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKind {
+    /// argv, or with `shell = true` a one-element script.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub shell: bool,
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The validated configuration of a daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: String,
+    pub admin_token: Option<String>,
+    pub max_request_bytes: usize,
+    pub max_payload_bytes: usize,
+    pub store: reeve_store::StoreConfig,
+    pub retention: Duration,
+    pub slots: u32,
+    pub commands: bool,
+    pub kill_grace: Duration,
+    pub output_limit: usize,
+    pub shutdown_grace: Duration,
+    pub global_limit: Option<u32>,
+    pub queues: BTreeMap<String, RawQueueSettings>,
+    pub kinds: HashMap<String, CommandTemplate>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RawQueueSettings {
+    pub concurrency: Option<u32>,
+    pub paused: Option<bool>,
+}
+
+/// Where the values come from, besides the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub db: Option<String>,
+    pub listen: Option<String>,
+}
+
+impl Config {
+    /// Reads `path` (or `./reeve.toml` if it exists, or nothing), then
+    /// applies overrides and validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+        let (raw, origin) = match path {
+            Some(p) => (read(p)?, p.display().to_string()),
+            None if Path::new("reeve.toml").exists() => (read(Path::new("reeve.toml"))?, "reeve.toml".into()),
+            None => (RawConfig::default(), "defaults".into()),
+        };
+        Self::from_raw(raw, overrides).with_context(|| format!("invalid configuration ({origin})"))
+    }
+
+    pub fn from_raw(raw: RawConfig, overrides: Overrides) -> anyhow::Result<Config> {
+        let listen_text = overrides.listen.or(raw.server.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .with_context(|| format!("server.listen: {listen_text:?} is not an address like 127.0.0.1:7433"))?;
+        let admin_token = admin_token(&raw.server)?;
+        let db = overrides.db.or(raw.server.db).unwrap_or_else(|| DEFAULT_DB.into());
+        if !listen.ip().is_loopback() && admin_token.is_none() {
+            bail!(
+                "server.listen: {listen} is not a loopback address; set an admin token \
+                 (server.admin_token_env, server.admin_token_file or REEVE_ADMIN_TOKEN) before listening on a network"
+            );
+        }
+        let positive = |key: &str, d: Option<Duration>| -> anyhow::Result<Option<Duration>> {
+            if d == Some(Duration::ZERO) {
+                bail!("{key}: must be greater than zero");
+            }
+            Ok(d)
+        };
+        let mut store = reeve_store::StoreConfig::default();
+        if let Some(d) = positive("defaults.max_run_duration", raw.defaults.max_run_duration)? {
+            store.default_max_run_duration = d;
+        }
+        if let Some(d) = positive("defaults.heartbeat_timeout", raw.defaults.heartbeat_timeout)? {
+            store.default_heartbeat_timeout = d;
+        }
+        if let Some(d) = raw.defaults.cancel_grace {
+            store.cancel_grace = d;
+        }
+        if let Some(retry) = raw.retry {
+            retry.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.retry = retry;
+        }
+        let retention = positive("defaults.retention", raw.defaults.retention)?.unwrap_or(reeve_engine::DEFAULT_RETENTION);
+        let slots = raw.executor.slots.unwrap_or(reeve_engine::DEFAULT_SLOTS);
+        if slots == 0 || slots > 10_000 {
+            bail!("executor.slots: must be between 1 and 10000");
+        }
+        let max_payload_bytes = raw.server.max_payload_bytes.unwrap_or(reeve_core::job::DEFAULT_MAX_PAYLOAD_BYTES);
+        let max_request_bytes = raw.server.max_request_bytes.unwrap_or(8 * 1024 * 1024);
+        if max_payload_bytes == 0 || max_request_bytes < max_payload_bytes {
+            bail!("server.max_request_bytes: must be at least server.max_payload_bytes ({max_payload_bytes})");
+        }
+        for name in raw.queues.keys() {
+            reeve_core::validate::name(&format!("queues.{name}"), name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let mut kinds = HashMap::new();
+        for (name, kind) in raw.kinds {
+            reeve_core::validate::name(&format!("kinds.{name}"), &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if kind.command.is_empty() || kind.command[0].is_empty() {
+                bail!("kinds.{name}.command: must name a program");
+            }
+            if kind.shell && kind.command.len() != 1 {
+                bail!("kinds.{name}.command: with shell = true, give the script as one string");
+            }
+            kinds.insert(
+                name,
+                CommandTemplate { command: kind.command, shell: kind.shell, cwd: kind.cwd, env: kind.env },
+            );
+        }
+        Ok(Config {
+            listen,
+            db,
+            admin_token,
+            max_request_bytes,
+            max_payload_bytes,
+            store,
+            retention,
+            slots,
+            commands: raw.executor.commands.unwrap_or(true),
+            kill_grace: raw.executor.kill_grace.unwrap_or(Duration::from_secs(10)),
+            output_limit: raw.executor.output_limit_bytes.unwrap_or(1024 * 1024),
+            shutdown_grace: raw.executor.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            global_limit: raw.limits.global,
+            queues: raw
+                .queues
+                .into_iter()
+                .map(|(k, q)| (k, RawQueueSettings { concurrency: q.concurrency, paused: q.paused }))
+                .collect(),
+            kinds,
+        })
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<RawConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The admin token, by reference only: `REEVE_ADMIN_TOKEN`, the variable
+/// named by `server.admin_token_env`, or the file `server.admin_token_file`.
+fn admin_token(server: &RawServer) -> anyhow::Result<Option<String>> {
+    let token = if let Some(var) = &server.admin_token_env {
+        Some(std::env::var(var).with_context(|| format!("server.admin_token_env: the variable {var} is not set"))?)
+    } else if let Some(file) = &server.admin_token_file {
+        Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("server.admin_token_file: cannot read {}", file.display()))?
+                .trim()
+                .to_string(),
+        )
+    } else {
+        std::env::var("REEVE_ADMIN_TOKEN").ok()
+    };
+    match token {
+        Some(t) if t.len() < 16 => bail!("the admin token must be at least 16 characters"),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Config::from_raw(raw, Overrides::default())
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.db, DEFAULT_DB);
+        assert_eq!(c.store.default_heartbeat_timeout, Duration::from_secs(90));
+        assert_eq!(c.store.default_max_run_duration, Duration::from_secs(1200));
+        assert_eq!(c.kill_grace, Duration::from_secs(10));
+        assert_eq!(c.output_limit, 1024 * 1024);
+        assert_eq!(c.max_payload_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("[executor]\nslotz = 3\n").unwrap_err().to_string();
+        assert!(e.contains("slotz"), "{e}");
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\n[nonsense]\n").unwrap_err().to_string();
+        assert!(e.contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("[defaults]\nheartbeat_timeout = \"-5s\"\n").unwrap_err().to_string();
+        assert!(e.contains("heartbeat_timeout") && e.contains("negative"), "{e}");
+        let e = parse("[defaults]\nmax_run_duration = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("defaults.max_run_duration"), "{e}");
+        let e = parse("[executor]\nslots = 0\n").unwrap_err().to_string();
+        assert!(e.contains("executor.slots"), "{e}");
+        let e = parse("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = parse("[kinds.x]\ncommand = []\n").unwrap_err().to_string();
+        assert!(e.contains("kinds.x.command"), "{e}");
+        let e = parse("[retry]\nfactor = 0.1\n").unwrap_err().to_string();
+        assert!(e.contains("retry.factor"), "{e}");
+    }
+
+    #[test]
+    fn a_network_listener_needs_a_token() {
+        let e = parse("[server]\nlisten = \"0.0.0.0:7433\"\n").unwrap_err().to_string();
+        assert!(e.contains("admin token"), "{e}");
+    }
+
+    #[test]
+    fn kinds_become_templates() {
+        let c = parse("[kinds.echo]\ncommand = [\"echo\", \"{payload.msg}\"]\n[kinds.sh]\ncommand = [\"echo hi\"]\nshell = true\n").unwrap();
+        assert_eq!(c.kinds["echo"].command, ["echo", "{payload.msg}"]);
+        assert!(c.kinds["sh"].shell);
+    }
+}
