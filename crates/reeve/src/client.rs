@@ -653,7 +653,15 @@ fn render_job(job: &Value, events: &Value, output: &Value, now: Timestamp) -> St
         ("claimed_at", at("claimed_at")),
         ("heartbeat_at", at("heartbeat_at")),
         ("heartbeats", text(&job["heartbeat_count"])),
-        ("lease_expires_at", at("lease_expires_at")),
+        // A finished run's lease is history: no "in 1m" for it.
+        (
+            "lease_expires_at",
+            if job["state"] == "running" {
+                at("lease_expires_at")
+            } else {
+                text(&job["lease_expires_at"])
+            },
+        ),
         ("available_at", at("available_at")),
         ("max_run_duration", text(&job["max_run_duration"])),
         ("heartbeat_timeout", text(&job["heartbeat_timeout"])),
