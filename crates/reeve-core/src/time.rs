@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("PT1H").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("720h").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            parse_duration("720h").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
     }
 
     #[test]

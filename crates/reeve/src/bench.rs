@@ -89,17 +89,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let engines: Vec<Arc<Engine>> = (0..args.workers)
         .map(|w| {
             let handlers = Handlers::new().kind("noop", Arc::new(Noop(ran.clone())));
-            Engine::start(dyn_store.clone(), engine_config(format!("bench-{w}")), handlers)
+            Engine::start(
+                dyn_store.clone(),
+                engine_config(format!("bench-{w}")),
+                handlers,
+            )
         })
         .collect();
     let total = u64::from(args.jobs);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let finished: u64 = engines.iter().map(|e| e.stats().finished.load(Ordering::Relaxed)).sum();
+        let finished: u64 = engines
+            .iter()
+            .map(|e| e.stats().finished.load(Ordering::Relaxed))
+            .sum();
         if finished >= total {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "processing did not finish within 10 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "processing did not finish within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let process_s = started.elapsed().as_secs_f64();
@@ -108,7 +118,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let status = dyn_store.status().await?;
     anyhow::ensure!(
-        status.by_state.get("succeeded").copied().unwrap_or(0) >= total && ran.load(Ordering::Relaxed) == total,
+        status.by_state.get("succeeded").copied().unwrap_or(0) >= total
+            && ran.load(Ordering::Relaxed) == total,
         "not every job succeeded exactly once: {status:?}"
     );
 
@@ -122,7 +133,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut samples = Vec::with_capacity(args.samples as usize);
     for i in 0..(20 + args.samples) {
         tokio::time::sleep(Duration::from_millis(2)).await;
-        dyn_store.enqueue(vec![NewJob::new("latency", "stamp")]).await?;
+        dyn_store
+            .enqueue(vec![NewJob::new("latency", "stamp")])
+            .await?;
         let enqueued = Instant::now();
         let began = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -152,8 +165,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         println!("backend            {}", report.backend);
         println!("jobs / workers     {} / {}", report.jobs, report.workers);
-        println!("enqueue            {:>10.0} jobs/s", report.enqueue_jobs_per_s);
-        println!("process            {:>10.0} jobs/s", report.process_jobs_per_s);
+        println!(
+            "enqueue            {:>10.0} jobs/s",
+            report.enqueue_jobs_per_s
+        );
+        println!(
+            "process            {:>10.0} jobs/s",
+            report.process_jobs_per_s
+        );
         println!("idle latency p50   {:>10.3} ms", report.latency_ms_p50);
         println!("idle latency p99   {:>10.3} ms", report.latency_ms_p99);
     }

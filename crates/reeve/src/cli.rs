@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "reeve", version, about = "A durable scheduler and supervisor for long-running jobs")]
+#[command(
+    name = "reeve",
+    version,
+    about = "A durable scheduler and supervisor for long-running jobs"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -17,10 +21,20 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The daemon's URL.
-    #[arg(long, global = true, env = "REEVE_URL", default_value = "http://127.0.0.1:7433")]
+    #[arg(
+        long,
+        global = true,
+        env = "REEVE_URL",
+        default_value = "http://127.0.0.1:7433"
+    )]
     pub url: String,
     /// Bearer token for the daemon (never printed).
-    #[arg(long = "token-env-value", hide = true, env = "REEVE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "token-env-value",
+        hide = true,
+        env = "REEVE_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]

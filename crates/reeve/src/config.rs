@@ -139,19 +139,27 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
         let (raw, origin) = match path {
             Some(p) => (read(p)?, p.display().to_string()),
-            None if Path::new("reeve.toml").exists() => (read(Path::new("reeve.toml"))?, "reeve.toml".into()),
+            None if Path::new("reeve.toml").exists() => {
+                (read(Path::new("reeve.toml"))?, "reeve.toml".into())
+            }
             None => (RawConfig::default(), "defaults".into()),
         };
         Self::from_raw(raw, overrides).with_context(|| format!("invalid configuration ({origin})"))
     }
 
     pub fn from_raw(raw: RawConfig, overrides: Overrides) -> anyhow::Result<Config> {
-        let listen_text = overrides.listen.or(raw.server.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .with_context(|| format!("server.listen: {listen_text:?} is not an address like 127.0.0.1:7433"))?;
+        let listen_text = overrides
+            .listen
+            .or(raw.server.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().with_context(|| {
+            format!("server.listen: {listen_text:?} is not an address like 127.0.0.1:7433")
+        })?;
         let admin_token = admin_token(&raw.server)?;
-        let db = overrides.db.or(raw.server.db).unwrap_or_else(|| DEFAULT_DB.into());
+        let db = overrides
+            .db
+            .or(raw.server.db)
+            .unwrap_or_else(|| DEFAULT_DB.into());
         if !listen.ip().is_loopback() && admin_token.is_none() {
             bail!(
                 "server.listen: {listen} is not a loopback address; set an admin token \
@@ -178,22 +186,30 @@ impl Config {
             retry.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             store.retry = retry;
         }
-        let retention = positive("defaults.retention", raw.defaults.retention)?.unwrap_or(reeve_engine::DEFAULT_RETENTION);
+        let retention = positive("defaults.retention", raw.defaults.retention)?
+            .unwrap_or(reeve_engine::DEFAULT_RETENTION);
         let slots = raw.executor.slots.unwrap_or(reeve_engine::DEFAULT_SLOTS);
         if slots == 0 || slots > 10_000 {
             bail!("executor.slots: must be between 1 and 10000");
         }
-        let max_payload_bytes = raw.server.max_payload_bytes.unwrap_or(reeve_core::job::DEFAULT_MAX_PAYLOAD_BYTES);
+        let max_payload_bytes = raw
+            .server
+            .max_payload_bytes
+            .unwrap_or(reeve_core::job::DEFAULT_MAX_PAYLOAD_BYTES);
         let max_request_bytes = raw.server.max_request_bytes.unwrap_or(8 * 1024 * 1024);
         if max_payload_bytes == 0 || max_request_bytes < max_payload_bytes {
-            bail!("server.max_request_bytes: must be at least server.max_payload_bytes ({max_payload_bytes})");
+            bail!(
+                "server.max_request_bytes: must be at least server.max_payload_bytes ({max_payload_bytes})"
+            );
         }
         for name in raw.queues.keys() {
-            reeve_core::validate::name(&format!("queues.{name}"), name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            reeve_core::validate::name(&format!("queues.{name}"), name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let mut kinds = HashMap::new();
         for (name, kind) in raw.kinds {
-            reeve_core::validate::name(&format!("kinds.{name}"), &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            reeve_core::validate::name(&format!("kinds.{name}"), &name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             if kind.command.is_empty() || kind.command[0].is_empty() {
                 bail!("kinds.{name}.command: must name a program");
             }
@@ -202,7 +218,12 @@ impl Config {
             }
             kinds.insert(
                 name,
-                CommandTemplate { command: kind.command, shell: kind.shell, cwd: kind.cwd, env: kind.env },
+                CommandTemplate {
+                    command: kind.command,
+                    shell: kind.shell,
+                    cwd: kind.cwd,
+                    env: kind.env,
+                },
             );
         }
         Ok(Config {
@@ -217,12 +238,23 @@ impl Config {
             commands: raw.executor.commands.unwrap_or(true),
             kill_grace: raw.executor.kill_grace.unwrap_or(Duration::from_secs(10)),
             output_limit: raw.executor.output_limit_bytes.unwrap_or(1024 * 1024),
-            shutdown_grace: raw.executor.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            shutdown_grace: raw
+                .executor
+                .shutdown_grace
+                .unwrap_or(Duration::from_secs(30)),
             global_limit: raw.limits.global,
             queues: raw
                 .queues
                 .into_iter()
-                .map(|(k, q)| (k, RawQueueSettings { concurrency: q.concurrency, paused: q.paused }))
+                .map(|(k, q)| {
+                    (
+                        k,
+                        RawQueueSettings {
+                            concurrency: q.concurrency,
+                            paused: q.paused,
+                        },
+                    )
+                })
                 .collect(),
             kinds,
         })
@@ -230,25 +262,31 @@ impl Config {
 }
 
 fn read(path: &Path) -> anyhow::Result<RawConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// The admin token, by reference only: `REEVE_ADMIN_TOKEN`, the variable
 /// named by `server.admin_token_env`, or the file `server.admin_token_file`.
 fn admin_token(server: &RawServer) -> anyhow::Result<Option<String>> {
-    let token = if let Some(var) = &server.admin_token_env {
-        Some(std::env::var(var).with_context(|| format!("server.admin_token_env: the variable {var} is not set"))?)
-    } else if let Some(file) = &server.admin_token_file {
-        Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("server.admin_token_file: cannot read {}", file.display()))?
-                .trim()
-                .to_string(),
-        )
-    } else {
-        std::env::var("REEVE_ADMIN_TOKEN").ok()
-    };
+    let token =
+        if let Some(var) = &server.admin_token_env {
+            Some(std::env::var(var).with_context(|| {
+                format!("server.admin_token_env: the variable {var} is not set")
+            })?)
+        } else if let Some(file) = &server.admin_token_file {
+            Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| {
+                        format!("server.admin_token_file: cannot read {}", file.display())
+                    })?
+                    .trim()
+                    .to_string(),
+            )
+        } else {
+            std::env::var("REEVE_ADMIN_TOKEN").ok()
+        };
     match token {
         Some(t) if t.len() < 16 => bail!("the admin token must be at least 16 characters"),
         other => Ok(other),
@@ -280,19 +318,30 @@ mod tests {
     fn unknown_keys_are_named() {
         let e = parse("[executor]\nslotz = 3\n").unwrap_err().to_string();
         assert!(e.contains("slotz"), "{e}");
-        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\n[nonsense]\n").unwrap_err().to_string();
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\n[nonsense]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nonsense"), "{e}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let e = parse("[defaults]\nheartbeat_timeout = \"-5s\"\n").unwrap_err().to_string();
-        assert!(e.contains("heartbeat_timeout") && e.contains("negative"), "{e}");
-        let e = parse("[defaults]\nmax_run_duration = \"0s\"\n").unwrap_err().to_string();
+        let e = parse("[defaults]\nheartbeat_timeout = \"-5s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("heartbeat_timeout") && e.contains("negative"),
+            "{e}"
+        );
+        let e = parse("[defaults]\nmax_run_duration = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("defaults.max_run_duration"), "{e}");
         let e = parse("[executor]\nslots = 0\n").unwrap_err().to_string();
         assert!(e.contains("executor.slots"), "{e}");
-        let e = parse("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        let e = parse("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server.listen"), "{e}");
         let e = parse("[kinds.x]\ncommand = []\n").unwrap_err().to_string();
         assert!(e.contains("kinds.x.command"), "{e}");
@@ -302,7 +351,9 @@ mod tests {
 
     #[test]
     fn a_network_listener_needs_a_token() {
-        let e = parse("[server]\nlisten = \"0.0.0.0:7433\"\n").unwrap_err().to_string();
+        let e = parse("[server]\nlisten = \"0.0.0.0:7433\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("admin token"), "{e}");
     }
 

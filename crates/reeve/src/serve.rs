@@ -27,12 +27,20 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_logfmt::builder().with_span_name(false).with_span_path(false).layer())
+        .with(
+            tracing_logfmt::builder()
+                .with_span_name(false)
+                .with_span_path(false)
+                .layer(),
+        )
         .try_init();
 }
 
 /// Opens the store a URL names.
-pub async fn open_store(url: &str, config: reeve_store::StoreConfig) -> anyhow::Result<Arc<SqliteStore>> {
+pub async fn open_store(
+    url: &str,
+    config: reeve_store::StoreConfig,
+) -> anyhow::Result<Arc<SqliteStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         anyhow::bail!("db: this build of reeve has no PostgreSQL backend yet (use sqlite://PATH)");
     }
@@ -89,14 +97,23 @@ impl Runtime for EngineRuntime {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     init_logging();
-    let config = Config::load(args.config.as_deref(), Overrides { db: args.db, listen: args.listen })?;
+    let config = Config::load(
+        args.config.as_deref(),
+        Overrides {
+            db: args.db,
+            listen: args.listen,
+        },
+    )?;
     let store = open_store(&config.db, config.store.clone()).await?;
     apply_settings(store.as_ref(), &config).await?;
 
     let url = format!("http://{}", config.listen);
     let handler = Arc::new(ProcessHandler::new(
         config.kinds.clone(),
-        RunLimits { kill_grace: config.kill_grace, output_limit: config.output_limit },
+        RunLimits {
+            kill_grace: config.kill_grace,
+            output_limit: config.output_limit,
+        },
         url.clone(),
     ));
     let mut handlers = Handlers::new();
@@ -139,7 +156,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
-    tracing::info!(grace_ms = config.shutdown_grace.as_millis() as u64, "shutting down");
+    tracing::info!(
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "shutting down"
+    );
     engine.shutdown(config.shutdown_grace).await;
     store.close().await;
     tracing::info!("stopped");
@@ -150,11 +170,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
 /// changes through the API last until the next start.
 async fn apply_settings(store: &dyn Store, config: &Config) -> anyhow::Result<()> {
     if config.global_limit.is_some() {
-        store.set_limits(Limits { global: config.global_limit }).await?;
+        store
+            .set_limits(Limits {
+                global: config.global_limit,
+            })
+            .await?;
     }
     for (name, q) in &config.queues {
-        let patch = QueuePatch { concurrency: q.concurrency.map(Some), paused: q.paused };
-        store.update_queue(name, patch).await.with_context(|| format!("queues.{name}"))?;
+        let patch = QueuePatch {
+            concurrency: q.concurrency.map(Some),
+            paused: q.paused,
+        };
+        store
+            .update_queue(name, patch)
+            .await
+            .with_context(|| format!("queues.{name}"))?;
     }
     Ok(())
 }
