@@ -61,6 +61,8 @@ impl PendingEvent {
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const CHUNK: usize = 500;
+/// Jobs per multi-row insert (15 parameters each).
+const INSERT_CHUNK: usize = 1000;
 
 async fn insert_events(
     tx: &mut Transaction<'static, Sqlite>,
@@ -98,6 +100,9 @@ async fn insert_events(
 
 async fn commit(tx: Transaction<'static, Sqlite>, at: i64, events: &[PendingEvent]) -> Result<()> {
     tx.commit().await.map_err(db_error)?;
+    if !reeve_store::log::enabled() {
+        return Ok(());
+    }
     for e in events {
         let event = reeve_core::Event {
             id: 0,
@@ -164,6 +169,7 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
 
     let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
     let mut events = Vec::with_capacity(jobs.len());
+    let mut unique_events = Vec::new();
     // Plain jobs go in multi-row inserts; unique jobs one by one, since each
     // must see the ones inserted before it.
     let mut plain: Vec<(usize, Job)> = Vec::with_capacity(jobs.len());
@@ -186,24 +192,37 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
                 });
                 continue;
             }
-            let ids = insert_jobs(&mut tx, std::slice::from_ref(&job)).await?;
+            let ids = insert_jobs(&mut tx, &[&job]).await?;
             let job = with_id(job, ids[0]);
-            events.push(enqueued_event(&job));
+            unique_events.push(enqueued_event(&job));
             out[i] = Some(Enqueued { job, created: true });
         } else {
             plain.push((i, job));
         }
     }
-    for chunk in plain.chunks(CHUNK / 2) {
-        let rows: Vec<Job> = chunk.iter().map(|(_, j)| j.clone()).collect();
+    insert_events(&mut tx, now, &unique_events).await?;
+    events.append(&mut unique_events);
+    // Plain jobs: one statement per chunk of rows, and their `enqueued`
+    // events copied from the inserted rows in one more.
+    for chunk in plain.chunks(INSERT_CHUNK) {
+        let rows: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
         let ids = insert_jobs(&mut tx, &rows).await?;
+        sqlx::query(
+            "INSERT INTO events (job_id, at, event, epoch, attempt, actor, detail) \
+             SELECT id, ?, 'enqueued', 0, 0, 'client', state FROM jobs WHERE id BETWEEN ? AND ?",
+        )
+        .bind(now)
+        .bind(ids[0])
+        .bind(ids[ids.len() - 1])
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         for ((i, job), id) in chunk.iter().zip(ids) {
             let job = with_id(job.clone(), id);
             events.push(enqueued_event(&job));
             out[*i] = Some(Enqueued { job, created: true });
         }
     }
-    insert_events(&mut tx, now, &events).await?;
     commit(tx, now, &events).await?;
     store.signals.work_changed();
     store.signals.deadlines_changed();
@@ -277,7 +296,7 @@ fn materialize(store: &SqliteStore, nj: NewJob, now: i64) -> Job {
 }
 
 /// Inserts rows in one statement and returns their ids in row order.
-async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[Job]) -> Result<Vec<JobId>> {
+async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[&Job]) -> Result<Vec<JobId>> {
     let mut sql = String::from(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
          max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
@@ -615,87 +634,184 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
     }
     let mut tx = store.begin().await?;
     let now = store.now_ms();
-    let mut answers = Vec::with_capacity(batch.len());
+    let mut answers: Vec<Option<Result<Job>>> = vec![None; batch.len()];
     let mut events = Vec::with_capacity(batch.len());
-    let mut freed = false;
-    let success_sql = format!(
-        "UPDATE jobs SET state = 'succeeded', finished_at = ?, result = ?, failure_reason = NULL, last_error = NULL \
-         WHERE id = ? AND epoch = ? AND state = 'running' RETURNING {JOB_COLUMNS}"
-    );
-    for f in batch {
-        let answer = match &f.outcome {
-            Outcome::Succeeded { result } => {
-                let row = sqlx::query(AssertSqlSafe(success_sql.clone()))
-                    .bind(now)
-                    .bind(result.as_ref().map(to_json))
-                    .bind(f.job)
-                    .bind(f.epoch)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                match row {
-                    Some(row) => {
-                        let job = job_from_row(&row)?;
-                        events.push(PendingEvent::for_job(
-                            &job,
-                            EventKind::Succeeded,
-                            Actor::Executor,
-                        ));
-                        Ok(job)
-                    }
-                    None => {
-                        let job = load_job(&mut tx, f.job).await;
-                        Err(match job {
-                            Ok(job) => fence(&job, f.epoch)
-                                .unwrap_or(StoreError::NotRunning { state: job.state }),
-                            Err(e) => e,
-                        })
-                    }
+
+    // Successes first, all in one fenced statement: the hot path of a busy
+    // queue. A job named more than once in a batch is written one by one in
+    // batch order, so the batch means what its elements mean in sequence.
+    let mut count: HashMap<JobId, u32> = HashMap::with_capacity(batch.len());
+    for f in &batch {
+        *count.entry(f.job).or_default() += 1;
+    }
+    let successes: Vec<usize> = (0..batch.len())
+        .filter(|&i| {
+            matches!(batch[i].outcome, Outcome::Succeeded { .. }) && count[&batch[i].job] == 1
+        })
+        .collect();
+    for chunk in successes.chunks(CHUNK) {
+        let mut done = complete_many(&mut tx, &batch, chunk, now).await?;
+        for &i in chunk {
+            let f = &batch[i];
+            answers[i] = Some(match done.remove(&f.job) {
+                Some(job) => {
+                    events.push(PendingEvent::for_job(
+                        &job,
+                        EventKind::Succeeded,
+                        Actor::Executor,
+                    ));
+                    Ok(job)
                 }
-            }
-            Outcome::Failed { reason, error } => match load_job(&mut tx, f.job).await {
-                Err(e) => Err(e),
-                Ok(job) => match fence(&job, f.epoch) {
-                    Some(refusal) => Err(refusal),
-                    None => {
-                        let t = failure_transition(store, &job, *reason, now);
-                        let error = error.as_deref().map(|e| truncate(e, MAX_ERROR_LEN));
-                        let updated = apply_failure(&mut tx, &job, &t, error, now).await?;
-                        events.push(
-                            PendingEvent::for_job(&updated, t.event, Actor::Executor)
-                                .reason(t.reason.as_str())
-                                .detail(error.map(|e| truncate(e, 200).to_string())),
-                        );
-                        Ok(updated)
+                None => Err(match load_job(&mut tx, f.job).await {
+                    Ok(job) => {
+                        fence(&job, f.epoch).unwrap_or(StoreError::NotRunning { state: job.state })
                     }
-                },
-            },
+                    Err(e) => e,
+                }),
+            });
+        }
+    }
+    for (i, f) in batch.iter().enumerate() {
+        if answers[i].is_some() {
+            continue;
+        }
+        let answer = match &f.outcome {
+            Outcome::Succeeded { result } => complete_one(&mut tx, f, result.as_ref(), now).await?,
+            Outcome::Failed { reason, error } => {
+                fail_one(store, &mut tx, f, *reason, error.as_deref(), now).await?
+            }
         };
-        if let (Ok(job), Some(output)) = (&answer, &f.output)
+        if let Ok(job) = &answer {
+            events.push(match (&f.outcome, job.state) {
+                (Outcome::Succeeded { .. }, _) => {
+                    PendingEvent::for_job(job, EventKind::Succeeded, Actor::Executor)
+                }
+                (Outcome::Failed { error, .. }, state) => {
+                    PendingEvent::for_job(job, failure_event(state), Actor::Executor)
+                        .reason(job.failure_reason.map_or("error", FailureReason::as_str))
+                        .detail(error.as_deref().map(|e| truncate(e, 200).to_string()))
+                }
+            });
+        }
+        answers[i] = Some(answer);
+    }
+    for (f, answer) in batch.iter().zip(&answers) {
+        if let (Some(Ok(job)), Some(output)) = (answer, &f.output)
             && !output.is_empty()
         {
-            {
-                sqlx::query(
-                    "INSERT OR REPLACE INTO run_output (job_id, attempt, output) VALUES (?, ?, ?)",
-                )
-                .bind(job.id)
-                .bind(job.attempt)
-                .bind(output.as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            }
+            sqlx::query(
+                "INSERT OR REPLACE INTO run_output (job_id, attempt, output) VALUES (?, ?, ?)",
+            )
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(output.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         }
-        freed |= answer.is_ok();
-        answers.push(answer);
     }
     insert_events(&mut tx, now, &events).await?;
     commit(tx, now, &events).await?;
-    if freed {
+    if !events.is_empty() {
         store.signals.work_changed();
         store.signals.deadlines_changed();
     }
-    Ok(answers)
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every write-back answered"))
+        .collect())
+}
+
+fn failure_event(state: JobState) -> EventKind {
+    match state {
+        JobState::Retryable => EventKind::Retryable,
+        JobState::Cancelled => EventKind::Cancelled,
+        _ => EventKind::Failed,
+    }
+}
+
+/// One fenced completion; `Ok(Err(refusal))` when it does not apply.
+async fn complete_one(
+    tx: &mut Transaction<'static, Sqlite>,
+    f: &Finish,
+    result: Option<&serde_json::Value>,
+    now: i64,
+) -> Result<Result<Job>> {
+    let sql = format!(
+        "UPDATE jobs SET state = 'succeeded', finished_at = ?, result = ?, failure_reason = NULL, last_error = NULL \
+         WHERE id = ? AND epoch = ? AND state = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(result.map(to_json))
+        .bind(f.job)
+        .bind(f.epoch)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    match row {
+        Some(row) => Ok(Ok(job_from_row(&row)?)),
+        None => Ok(Err(match load_job(tx, f.job).await {
+            Ok(job) => fence(&job, f.epoch).unwrap_or(StoreError::NotRunning { state: job.state }),
+            Err(e) => e,
+        })),
+    }
+}
+
+/// One fenced failure: retry with backoff, fail, or (after a cancel
+/// request) cancel; `Ok(Err(refusal))` when it does not apply.
+async fn fail_one(
+    store: &SqliteStore,
+    tx: &mut Transaction<'static, Sqlite>,
+    f: &Finish,
+    reason: FailureReason,
+    error: Option<&str>,
+    now: i64,
+) -> Result<Result<Job>> {
+    let job = match load_job(tx, f.job).await {
+        Ok(job) => job,
+        Err(e @ StoreError::NotFound(_)) => return Ok(Err(e)),
+        Err(e) => return Err(e),
+    };
+    if let Some(refusal) = fence(&job, f.epoch) {
+        return Ok(Err(refusal));
+    }
+    let t = failure_transition(store, &job, reason, now);
+    let error = error.map(|e| truncate(e, MAX_ERROR_LEN));
+    Ok(Ok(apply_failure(tx, &job, &t, error, now).await?))
+}
+
+/// Completes the successes at `indices` of `batch` in one statement, each
+/// fenced on its own epoch; returns the jobs that were completed.
+async fn complete_many(
+    tx: &mut Transaction<'static, Sqlite>,
+    batch: &[Finish],
+    indices: &[usize],
+    now: i64,
+) -> Result<HashMap<JobId, Job>> {
+    let mut sql = String::from("WITH v(vid, vepoch, vresult) AS (VALUES ");
+    for n in 0..indices.len() {
+        sql.push_str(if n == 0 { "(?,?,?)" } else { ",(?,?,?)" });
+    }
+    sql.push_str(&format!(
+        ") UPDATE jobs SET state = 'succeeded', finished_at = ?, result = v.vresult, \
+           failure_reason = NULL, last_error = NULL \
+         FROM v WHERE jobs.id = v.vid AND jobs.epoch = v.vepoch AND jobs.state = 'running' \
+         RETURNING {JOB_COLUMNS}"
+    ));
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for &i in indices {
+        let f = &batch[i];
+        let result = match &f.outcome {
+            Outcome::Succeeded { result } => result.as_ref().map(to_json),
+            Outcome::Failed { .. } => None,
+        };
+        q = q.bind(f.job).bind(f.epoch).bind(result);
+    }
+    let rows = q.bind(now).fetch_all(&mut **tx).await.map_err(db_error)?;
+    rows.iter()
+        .map(|r| job_from_row(r).map(|j| (j.id, j)))
+        .collect()
 }
 
 pub(crate) async fn cancel(store: &SqliteStore, id: JobId) -> Result<Job> {

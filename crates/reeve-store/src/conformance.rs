@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             heartbeat_extends_the_lease_within_the_hard_cap,
             heartbeat_is_fenced,
             write_backs_are_fenced_and_change_nothing,
+            a_batch_applies_its_write_backs_in_order,
             failure_retries_with_backoff_until_max_attempts,
             final_reasons_are_not_retried,
             reaper_ends_silent_runs_as_heartbeat_lost,
@@ -585,6 +586,48 @@ pub async fn write_backs_are_fenced_and_change_nothing(h: &impl Harness) {
         .unwrap();
     assert!(matches!(answers[0], Err(StoreError::NotRunning { .. })));
     assert!(matches!(answers[1], Err(StoreError::NotFound(987_654))));
+}
+
+pub async fn a_batch_applies_its_write_backs_in_order(h: &impl Harness) {
+    let s = h.store();
+    s.enqueue((0..3).map(|_| job("b")).collect()).await.unwrap();
+    let runs = s.claim(claim("w", 3)).await.unwrap();
+    let (a, b, c) = (&runs[0], &runs[1], &runs[2]);
+    let answers = s
+        .finish(vec![
+            succeed(a),
+            fail(b, FailureReason::Error),
+            succeed(b),
+            succeed(a),
+            succeed(c),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0].as_ref().unwrap().state, JobState::Succeeded);
+    assert_eq!(answers[1].as_ref().unwrap().state, JobState::Retryable);
+    assert_eq!(
+        answers[2].as_ref().unwrap_err(),
+        &StoreError::NotRunning {
+            state: JobState::Retryable
+        },
+        "the second write-back of b comes after its failure"
+    );
+    assert_eq!(
+        answers[3].as_ref().unwrap_err(),
+        &StoreError::NotRunning {
+            state: JobState::Succeeded
+        }
+    );
+    assert_eq!(answers[4].as_ref().unwrap().state, JobState::Succeeded);
+    assert_eq!(s.get_job(b.id).await.unwrap().state, JobState::Retryable);
+    let a_events = s.job_events(a.id).await.unwrap();
+    assert_eq!(
+        a_events
+            .iter()
+            .filter(|e| e.event == EventKind::Succeeded)
+            .count(),
+        1
+    );
 }
 
 pub async fn failure_retries_with_backoff_until_max_attempts(h: &impl Harness) {

@@ -23,3 +23,9 @@ pub fn emit(event: &Event, queue: &str, kind: &str) {
         detail = event.detail.as_deref(),
     );
 }
+
+/// Whether event lines are printed at all, so callers can skip building them
+/// (a benchmark or an embedding without a subscriber).
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "reeve::event", tracing::Level::INFO)
+}
