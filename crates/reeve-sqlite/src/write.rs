@@ -16,7 +16,9 @@ use reeve_store::{
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::SqliteStore;
-use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
+use crate::rows::{
+    JOB_COLUMNS, JOB_JSON, db_error, is_unique_violation, job_from_row, jobs_from_json,
+};
 
 /// An event recorded inside a transaction, printed after its commit.
 struct PendingEvent {
@@ -417,8 +419,9 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
         }
     };
     let select = format!(
-        "SELECT id, priority, available_at FROM jobs WHERE state = 'available' AND queue = ?{kind_clause} \
-         ORDER BY priority, available_at, id LIMIT ?"
+        "SELECT json_group_array(json_array(priority, available_at, id)) FROM ( \
+           SELECT id, priority, available_at FROM jobs WHERE state = 'available' AND queue = ?{kind_clause} \
+           ORDER BY priority, available_at, id LIMIT ?)"
     );
     // (priority, available_at, id, queue)
     let mut candidates: Vec<(i64, i64, i64, String)> = Vec::new();
@@ -429,14 +432,20 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
                 q = q.bind(k);
             }
         }
-        let rows = q
+        let rows: String = q
             .bind((*free).min(take) as i64)
-            .fetch_all(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(db_error)?;
+            .map_err(db_error)?
+            .get(0);
+        let rows: Vec<(i64, i64, i64)> =
+            serde_json::from_str(&rows).map_err(|e| StoreError::Database {
+                message: format!("unreadable claim candidates: {e}"),
+                transient: false,
+            })?;
         candidates.extend(
-            rows.iter()
-                .map(|r| (r.get(1), r.get(2), r.get(0), queue.clone())),
+            rows.into_iter()
+                .map(|(prio, at, id)| (prio, at, id, queue.clone())),
         );
     }
     candidates.sort_unstable();
@@ -464,7 +473,7 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
            cancel_requested_at = NULL, progress = NULL, turns = 0, \
            lease_expires_at = CASE WHEN ? THEN min(? + max_run_duration_ms, ? + heartbeat_timeout_ms) \
                                    ELSE ? + max_run_duration_ms END \
-         WHERE state = 'available' AND id IN ({placeholders}) RETURNING {JOB_COLUMNS}"
+         WHERE state = 'available' AND id IN ({placeholders})"
     );
     let mut q = sqlx::query(AssertSqlSafe(update))
         .bind(&p.worker)
@@ -478,8 +487,8 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
     for id in &picked {
         q = q.bind(id);
     }
-    let rows = q.fetch_all(&mut *tx).await.map_err(db_error)?;
-    let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+    q.execute(&mut *tx).await.map_err(db_error)?;
+    let mut jobs = load_jobs(&mut tx, &picked).await?;
     jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
     let events: Vec<PendingEvent> = jobs
         .iter()
@@ -652,23 +661,17 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
     for chunk in successes.chunks(CHUNK) {
         let mut done = complete_many(&mut tx, &batch, chunk, now).await?;
         for &i in chunk {
-            let f = &batch[i];
-            answers[i] = Some(match done.remove(&f.job) {
-                Some(job) => {
-                    events.push(PendingEvent::for_job(
-                        &job,
-                        EventKind::Succeeded,
-                        Actor::Executor,
-                    ));
-                    Ok(job)
-                }
-                None => Err(match load_job(&mut tx, f.job).await {
-                    Ok(job) => {
-                        fence(&job, f.epoch).unwrap_or(StoreError::NotRunning { state: job.state })
-                    }
-                    Err(e) => e,
-                }),
-            });
+            let answer = done
+                .remove(&batch[i].job)
+                .expect("complete_many answers every job");
+            if let Ok(job) = &answer {
+                events.push(PendingEvent::for_job(
+                    job,
+                    EventKind::Succeeded,
+                    Actor::Executor,
+                ));
+            }
+            answers[i] = Some(answer);
         }
     }
     for (i, f) in batch.iter().enumerate() {
@@ -781,37 +784,105 @@ async fn fail_one(
     Ok(Ok(apply_failure(tx, &job, &t, error, now).await?))
 }
 
-/// Completes the successes at `indices` of `batch` in one statement, each
-/// fenced on its own epoch; returns the jobs that were completed.
+/// Completes the successes at `indices` of `batch` (distinct jobs): one read
+/// of their states, one fenced update, one read of the results, each a single
+/// row. Returns each job's answer.
 async fn complete_many(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[Finish],
     indices: &[usize],
     now: i64,
-) -> Result<HashMap<JobId, Job>> {
-    let mut sql = String::from("WITH v(vid, vepoch, vresult) AS (VALUES ");
-    for n in 0..indices.len() {
-        sql.push_str(if n == 0 { "(?,?,?)" } else { ",(?,?,?)" });
+) -> Result<HashMap<JobId, Result<Job>>> {
+    let ids: Vec<JobId> = indices.iter().map(|&i| batch[i].job).collect();
+    let placeholders = vec!["?"; ids.len()].join(",");
+    let sql = format!(
+        "SELECT json_group_array(json_array(id, epoch, state)) FROM jobs WHERE id IN ({placeholders})"
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for id in &ids {
+        q = q.bind(id);
     }
-    sql.push_str(&format!(
+    let current: String = q.fetch_one(&mut **tx).await.map_err(db_error)?.get(0);
+    let current: Vec<(i64, i64, String)> =
+        serde_json::from_str(&current).map_err(|e| StoreError::Database {
+            message: format!("unreadable job states: {e}"),
+            transient: false,
+        })?;
+    let current: HashMap<JobId, (i64, String)> = current
+        .into_iter()
+        .map(|(id, epoch, state)| (id, (epoch, state)))
+        .collect();
+    let mut answers = HashMap::with_capacity(ids.len());
+    let mut valid = Vec::with_capacity(ids.len());
+    for &i in indices {
+        let f = &batch[i];
+        match current.get(&f.job) {
+            None => {
+                answers.insert(f.job, Err(StoreError::NotFound(f.job)));
+            }
+            Some((epoch, _)) if *epoch != f.epoch => {
+                answers.insert(
+                    f.job,
+                    Err(StoreError::StaleEpoch {
+                        expected: *epoch,
+                        actual: f.epoch,
+                    }),
+                );
+            }
+            Some((_, state)) if state != "running" => {
+                let state = state.parse().map_err(|e: String| StoreError::Database {
+                    message: e,
+                    transient: false,
+                })?;
+                answers.insert(f.job, Err(StoreError::NotRunning { state }));
+            }
+            Some(_) => valid.push(i),
+        }
+    }
+    if valid.is_empty() {
+        return Ok(answers);
+    }
+    let mut sql = String::from("WITH v(vid, vresult) AS (VALUES ");
+    for n in 0..valid.len() {
+        sql.push_str(if n == 0 { "(?,?)" } else { ",(?,?)" });
+    }
+    sql.push_str(
         ") UPDATE jobs SET state = 'succeeded', finished_at = ?, result = v.vresult, \
            failure_reason = NULL, last_error = NULL \
-         FROM v WHERE jobs.id = v.vid AND jobs.epoch = v.vepoch AND jobs.state = 'running' \
-         RETURNING {JOB_COLUMNS}"
-    ));
+         FROM v WHERE jobs.id = v.vid AND jobs.state = 'running'",
+    );
     let mut q = sqlx::query(AssertSqlSafe(sql));
-    for &i in indices {
+    for &i in &valid {
         let f = &batch[i];
         let result = match &f.outcome {
             Outcome::Succeeded { result } => result.as_ref().map(to_json),
             Outcome::Failed { .. } => None,
         };
-        q = q.bind(f.job).bind(f.epoch).bind(result);
+        q = q.bind(f.job).bind(result);
     }
-    let rows = q.bind(now).fetch_all(&mut **tx).await.map_err(db_error)?;
-    rows.iter()
-        .map(|r| job_from_row(r).map(|j| (j.id, j)))
-        .collect()
+    q.bind(now).execute(&mut **tx).await.map_err(db_error)?;
+    let done: Vec<JobId> = valid.iter().map(|&i| batch[i].job).collect();
+    for job in load_jobs(tx, &done).await? {
+        answers.insert(job.id, Ok(job));
+    }
+    Ok(answers)
+}
+
+/// Reads jobs by id in one row (see [`JOB_JSON`]).
+async fn load_jobs(tx: &mut Transaction<'static, Sqlite>, ids: &[JobId]) -> Result<Vec<Job>> {
+    let mut jobs = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql =
+            format!("SELECT json_group_array({JOB_JSON}) FROM jobs WHERE id IN ({placeholders})");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        let text: String = q.fetch_one(&mut **tx).await.map_err(db_error)?.get(0);
+        jobs.extend(jobs_from_json(&text)?);
+    }
+    Ok(jobs)
 }
 
 pub(crate) async fn cancel(store: &SqliteStore, id: JobId) -> Result<Job> {
