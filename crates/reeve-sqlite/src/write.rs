@@ -100,6 +100,34 @@ async fn insert_events(
     Ok(())
 }
 
+/// Appends one `event` per job in `ids`, its epoch, attempt and worker
+/// copied from the rows as they are after the transition, in one statement
+/// per chunk (no per-row parameters).
+async fn copy_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    at: i64,
+    event: EventKind,
+    by: Actor,
+    ids: &[JobId],
+) -> Result<()> {
+    for chunk in ids.chunks(CHUNK) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "INSERT INTO events (job_id, at, event, epoch, attempt, worker, actor) \
+             SELECT id, ?, ?, epoch, attempt, claimed_by, ? FROM jobs WHERE id IN ({placeholders}) ORDER BY id"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(at)
+            .bind(event.as_str())
+            .bind(by.as_str());
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut **tx).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
 async fn commit(tx: Transaction<'static, Sqlite>, at: i64, events: &[PendingEvent]) -> Result<()> {
     tx.commit().await.map_err(db_error)?;
     if !reeve_store::log::enabled() {
@@ -206,7 +234,10 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
     events.append(&mut unique_events);
     // Plain jobs: one statement per chunk of rows, and their `enqueued`
     // events copied from the inserted rows in one more.
-    for chunk in plain.chunks(INSERT_CHUNK) {
+    let logging = reeve_store::log::enabled();
+    let mut plain = plain.into_iter().peekable();
+    while plain.peek().is_some() {
+        let chunk: Vec<(usize, Job)> = plain.by_ref().take(INSERT_CHUNK).collect();
         let rows: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
         let ids = insert_jobs(&mut tx, &rows).await?;
         sqlx::query(
@@ -219,10 +250,12 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        for ((i, job), id) in chunk.iter().zip(ids) {
-            let job = with_id(job.clone(), id);
-            events.push(enqueued_event(&job));
-            out[*i] = Some(Enqueued { job, created: true });
+        for ((i, job), id) in chunk.into_iter().zip(ids) {
+            let job = with_id(job, id);
+            if logging {
+                events.push(enqueued_event(&job));
+            }
+            out[i] = Some(Enqueued { job, created: true });
         }
     }
     commit(tx, now, &events).await?;
@@ -490,11 +523,14 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
     q.execute(&mut *tx).await.map_err(db_error)?;
     let mut jobs = load_jobs(&mut tx, &picked).await?;
     jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
-    let events: Vec<PendingEvent> = jobs
-        .iter()
-        .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
-        .collect();
-    insert_events(&mut tx, now, &events).await?;
+    copy_events(&mut tx, now, EventKind::Claimed, Actor::Executor, &picked).await?;
+    let events: Vec<PendingEvent> = if reeve_store::log::enabled() {
+        jobs.iter()
+            .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
+            .collect()
+    } else {
+        Vec::new()
+    };
     commit(tx, now, &events).await?;
     store.signals.deadlines_changed();
     Ok(jobs)
@@ -658,6 +694,7 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
             matches!(batch[i].outcome, Outcome::Succeeded { .. }) && count[&batch[i].job] == 1
         })
         .collect();
+    let mut completed = Vec::with_capacity(successes.len());
     for chunk in successes.chunks(CHUNK) {
         let mut done = complete_many(&mut tx, &batch, chunk, now).await?;
         for &i in chunk {
@@ -665,15 +702,27 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
                 .remove(&batch[i].job)
                 .expect("complete_many answers every job");
             if let Ok(job) = &answer {
-                events.push(PendingEvent::for_job(
-                    job,
-                    EventKind::Succeeded,
-                    Actor::Executor,
-                ));
+                completed.push(job.id);
             }
             answers[i] = Some(answer);
         }
     }
+    copy_events(
+        &mut tx,
+        now,
+        EventKind::Succeeded,
+        Actor::Executor,
+        &completed,
+    )
+    .await?;
+    // Only for the log lines: the rows were copied above.
+    let copied: Vec<PendingEvent> = answers
+        .iter()
+        .filter(|_| reeve_store::log::enabled())
+        .flatten()
+        .flatten()
+        .map(|job| PendingEvent::for_job(job, EventKind::Succeeded, Actor::Executor))
+        .collect();
     for (i, f) in batch.iter().enumerate() {
         if answers[i].is_some() {
             continue;
@@ -714,8 +763,10 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
         }
     }
     insert_events(&mut tx, now, &events).await?;
+    let changed = !events.is_empty() || !completed.is_empty();
+    events.extend(copied);
     commit(tx, now, &events).await?;
-    if !events.is_empty() {
+    if changed {
         store.signals.work_changed();
         store.signals.deadlines_changed();
     }
