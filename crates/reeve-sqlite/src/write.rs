@@ -344,7 +344,6 @@ async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[&Job]) -> Re
             ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         });
     }
-    sql.push_str(" RETURNING id");
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for j in jobs {
         q = q
@@ -364,12 +363,13 @@ async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[&Job]) -> Re
             .bind(j.max_turns)
             .bind(j.created_at.0);
     }
-    let rows = q.fetch_all(&mut **tx).await.map_err(db_error)?;
+    let done = q.execute(&mut **tx).await.map_err(db_error)?;
     // One statement under the write lock allocates consecutive ids in row
-    // order; RETURNING's own order is unspecified, so sort.
-    let mut ids: Vec<JobId> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    Ok(ids)
+    // order (AUTOINCREMENT: each row gets the largest id so far + 1), so the
+    // last id names them all without returning a row per job.
+    let last = done.last_insert_rowid();
+    let first = last - jobs.len() as i64 + 1;
+    Ok((first..=last).collect())
 }
 
 pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job>> {
