@@ -170,7 +170,7 @@ pub struct PostgresStore {
     /// lock exclusively at once instead of finding out under the shared one).
     caps_hint: AtomicBool,
     listener: Arc<listen::ListenerState>,
-    listener_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listener_task: Mutex<Option<listen::Handle>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -317,8 +317,7 @@ impl PostgresStore {
     pub async fn close(&self) {
         let task = self.listener_task.lock().expect("listener lock").take();
         if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
+            task.shutdown().await;
         }
         self.pool.close().await;
     }
@@ -346,7 +345,7 @@ impl Drop for PostgresStore {
         if let Ok(mut task) = self.listener_task.lock()
             && let Some(task) = task.take()
         {
-            task.abort();
+            task.stop();
         }
     }
 }

@@ -13,8 +13,9 @@
 //!   is away cannot be replayed, so after *every* (re)connect it raises both
 //!   signals once, and waiters re-read the store.
 //! - A lost connection is re-established with backoff (100ms doubling to
-//!   5s), forever, until the task is aborted (store dropped or closed). An
-//!   idle connection is pinged every 30s so a silently dead one is noticed.
+//!   5s), forever, until the task is stopped (store closed or dropped); then
+//!   it unsubscribes and closes its connection. An idle connection is pinged
+//!   every 30s so a silently dead one is noticed.
 //! - The task never holds a pool connection of the store: it has a
 //!   one-connection pool of its own, replaced at every reconnect.
 
@@ -23,7 +24,8 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reeve_store::Signals;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::watch;
 
 pub(crate) const WORK_CHANNEL: &str = "reeve_work";
 pub(crate) const DEADLINES_CHANNEL: &str = "reeve_deadlines";
@@ -56,10 +58,24 @@ impl ListenerState {
     }
 }
 
-/// A subscribed listener and the backend pid of its connection.
+/// A subscribed listener, the private pool it came from, and the backend
+/// pid of its connection.
 struct Connected {
     listener: PgListener,
+    pool: PgPool,
     pid: i32,
+}
+
+impl Connected {
+    /// Unsubscribes and closes the connection (bounded: a dead connection is
+    /// simply dropped).
+    async fn close(self) {
+        let Connected { listener, pool, .. } = self;
+        // PgListener's drop sends UNLISTEN and returns the connection to the
+        // pool, which `close` then waits for and closes.
+        drop(listener);
+        let _ = tokio::time::timeout(IO_TIMEOUT, pool.close()).await;
+    }
 }
 
 async fn connect(opts: &PgConnectOptions) -> Result<Connected, sqlx::Error> {
@@ -83,23 +99,55 @@ async fn connect(opts: &PgConnectOptions) -> Result<Connected, sqlx::Error> {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut listener)
             .await?;
-        Ok(Connected { listener, pid })
+        Ok(Connected {
+            listener,
+            pool,
+            pid,
+        })
     };
     tokio::time::timeout(IO_TIMEOUT, attempt)
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
+/// The running listener task and the switch that stops it.
+pub(crate) struct Handle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Asks the task to stop (it unsubscribes and closes its connection in
+    /// the background). Safe without a runtime.
+    pub(crate) fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Stops the task and waits for its connection to close.
+    pub(crate) async fn shutdown(self) {
+        self.stop();
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(IO_TIMEOUT + Duration::from_secs(1), self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
 /// Connects once (so `open` fails loudly if it cannot listen at all), then
-/// spawns the task that listens, and reconnects, until aborted.
+/// spawns the task that listens, and reconnects, until stopped.
 pub(crate) async fn start(
     opts: PgConnectOptions,
     schema: String,
     signals: Arc<Signals>,
     state: Arc<ListenerState>,
-) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
+) -> Result<Handle, sqlx::Error> {
     let first = connect(&opts).await?;
-    Ok(tokio::spawn(run(first, opts, schema, signals, state)))
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(first, opts, schema, signals, state, stopped));
+    Ok(Handle { stop, task })
 }
 
 async fn run(
@@ -108,6 +156,7 @@ async fn run(
     schema: String,
     signals: Arc<Signals>,
     state: Arc<ListenerState>,
+    mut stopped: watch::Receiver<bool>,
 ) {
     let mut next = Some(first);
     let mut backoff = BACKOFF_START;
@@ -115,8 +164,15 @@ async fn run(
         let mut conn = match next.take() {
             Some(conn) => conn,
             None => {
-                tokio::time::sleep(backoff).await;
-                match connect(&opts).await {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                let attempt = tokio::select! {
+                    attempt = connect(&opts) => attempt,
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
+                match attempt {
                     Ok(conn) => conn,
                     Err(e) => {
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -132,6 +188,11 @@ async fn run(
             }
         };
         backoff = BACKOFF_START;
+        // Whatever was notified while we were away is lost: look again. (The
+        // signals go first, so a reader that sees the new connect count has
+        // seen them too.)
+        signals.work_changed();
+        signals.deadlines_changed();
         state.backend_pid.store(conn.pid, Ordering::SeqCst);
         let connects = state.connects.fetch_add(1, Ordering::SeqCst) + 1;
         if connects > 1 {
@@ -140,16 +201,26 @@ async fn run(
                 "PostgreSQL notification listener reconnected"
             );
         }
-        // Whatever was notified while we were away is lost: look again.
-        signals.work_changed();
-        signals.deadlines_changed();
-        let reason = listen(&mut conn, &schema, &signals).await;
+        let lost = tokio::select! {
+            reason = listen(&mut conn, &schema, &signals) => Some(reason),
+            _ = stopped.wait_for(|s| *s) => None,
+        };
         state.backend_pid.store(0, Ordering::SeqCst);
-        tracing::warn!(
-            target: "reeve::store",
-            reason = %reason,
-            "PostgreSQL notification listener lost its connection; reconnecting"
-        );
+        match lost {
+            Some(reason) => {
+                tracing::warn!(
+                    target: "reeve::store",
+                    reason = %reason,
+                    "PostgreSQL notification listener lost its connection; reconnecting"
+                );
+                // A dead connection: nothing to say goodbye to.
+                drop(conn);
+            }
+            None => {
+                conn.close().await;
+                return;
+            }
+        }
     }
 }
 

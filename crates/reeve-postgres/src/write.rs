@@ -1,0 +1,1202 @@
+//! Every mutation of the PostgreSQL backend. Each public function here is one
+//! transaction (or one statement): it reads the database's clock once, takes
+//! the row locks its decision depends on before deciding, appends the events
+//! of its transitions and queues its notifications in that same transaction,
+//! and prints log lines and raises local signals only after the commit.
+//!
+//! **Invariants.**
+//! - Fenced writes (finish, reap, cancel, retry) read the job `FOR UPDATE`
+//!   and update `WHERE id AND epoch AND state`, so nothing can change between
+//!   the check and the write.
+//! - A claim counts running jobs only while holding the schema's claim lock
+//!   exclusively when any cap exists (see [`claim`]); candidates are locked
+//!   with `FOR UPDATE SKIP LOCKED`.
+//! - Decisions are the same as on SQLite: the same events, refusals, backoff
+//!   (`StoreConfig.retry.delay_after`) and cancel grace.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reeve_core::job::Availability;
+use reeve_core::time::duration_millis;
+use reeve_core::{Actor, EventKind, FailureReason, Job, JobId, JobState, NewJob, Timestamp};
+use reeve_store::{
+    ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, KindFilter, Limits, Outcome,
+    QueuePatch, Result, StoreError,
+};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+
+use crate::PostgresStore;
+use crate::listen::{DEADLINES_CHANNEL, WORK_CHANNEL};
+use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
+
+type Tx = Transaction<'static, Postgres>;
+
+/// An event recorded inside a transaction, printed after its commit.
+struct PendingEvent {
+    job_id: JobId,
+    event: EventKind,
+    epoch: i64,
+    attempt: i32,
+    worker: Option<String>,
+    reason: Option<String>,
+    by: Actor,
+    detail: Option<String>,
+    queue: String,
+    kind: String,
+}
+
+impl PendingEvent {
+    fn for_job(job: &Job, event: EventKind, by: Actor) -> Self {
+        PendingEvent {
+            job_id: job.id,
+            event,
+            epoch: job.epoch,
+            attempt: job.attempt,
+            worker: job.claimed_by.clone(),
+            reason: None,
+            by,
+            detail: None,
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+        }
+    }
+
+    fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    fn detail(mut self, detail: Option<String>) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// Which wake-ups a transaction publishes (locally after commit, and to
+/// other processes through `pg_notify` inside the transaction).
+#[derive(Debug, Clone, Copy, Default)]
+struct Notify {
+    work: bool,
+    deadlines: bool,
+}
+
+impl Notify {
+    const NONE: Notify = Notify {
+        work: false,
+        deadlines: false,
+    };
+    const WORK: Notify = Notify {
+        work: true,
+        deadlines: false,
+    };
+    const DEADLINES: Notify = Notify {
+        work: false,
+        deadlines: true,
+    };
+    const BOTH: Notify = Notify {
+        work: true,
+        deadlines: true,
+    };
+
+    fn channels(self) -> Vec<&'static str> {
+        let mut c = Vec::with_capacity(2);
+        if self.work {
+            c.push(WORK_CHANNEL);
+        }
+        if self.deadlines {
+            c.push(DEADLINES_CHANNEL);
+        }
+        c
+    }
+
+    fn raise(self, store: &PostgresStore) {
+        if self.work {
+            store.signals.work_changed();
+        }
+        if self.deadlines {
+            store.signals.deadlines_changed();
+        }
+    }
+}
+
+/// Rows per multi-row statement (arrays, so no parameter limit applies; this
+/// only bounds one statement's size).
+const CHUNK: usize = 1000;
+
+/// Appends `events` (all at instant `at`) and queues `notify`, in one
+/// statement: a data-modifying CTE always runs, whatever the outer query.
+async fn record(
+    tx: &mut Tx,
+    store: &PostgresStore,
+    at: i64,
+    events: &[PendingEvent],
+    notify: Notify,
+) -> Result<()> {
+    let channels = notify.channels();
+    if events.is_empty() {
+        if !channels.is_empty() {
+            sqlx::query("SELECT pg_notify(c, $2) FROM unnest($1::text[]) AS c")
+                .bind(&channels)
+                .bind(&store.schema)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        return Ok(());
+    }
+    for (i, chunk) in events.chunks(CHUNK).enumerate() {
+        let channels: &[&str] = if i == 0 { &channels } else { &[] };
+        sqlx::query(
+            "WITH ins AS ( \
+               INSERT INTO events (job_id, at, event, epoch, attempt, worker, reason, actor, detail) \
+               SELECT j, $1, e, ep, a, w, r, ac, d \
+               FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::text[], \
+                           $8::text[], $9::text[]) AS t(j, e, ep, a, w, r, ac, d)) \
+             SELECT pg_notify(c, $11) FROM unnest($10::text[]) AS c",
+        )
+        .bind(at)
+        .bind(chunk.iter().map(|e| e.job_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.event.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.epoch).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.attempt).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.worker.as_deref()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.by.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|e| e.detail.as_deref()).collect::<Vec<_>>())
+        .bind(channels)
+        .bind(&store.schema)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Records `events`, commits, then prints their lines and raises `notify`.
+async fn commit(
+    mut tx: Tx,
+    store: &PostgresStore,
+    at: i64,
+    events: &[PendingEvent],
+    notify: Notify,
+) -> Result<()> {
+    record(&mut tx, store, at, events, notify).await?;
+    tx.commit().await.map_err(db_error)?;
+    for e in events {
+        let event = reeve_core::Event {
+            id: 0,
+            job_id: e.job_id,
+            at: Timestamp(at),
+            event: e.event,
+            epoch: e.epoch,
+            attempt: e.attempt,
+            worker: e.worker.clone(),
+            reason: e.reason.clone(),
+            by: e.by,
+            detail: e.detail.clone(),
+        };
+        reeve_store::log::emit(&event, &e.queue, &e.kind);
+    }
+    notify.raise(store);
+    Ok(())
+}
+
+/// Ends a transaction that changed nothing.
+async fn rollback(tx: Tx) -> Result<()> {
+    tx.rollback().await.map_err(db_error)
+}
+
+async fn load_job(tx: &mut Tx, id: JobId, lock: bool) -> Result<Job> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .ok_or(StoreError::NotFound(id))?;
+    job_from_row(&row)
+}
+
+/// Why a fenced write to `job` does not apply for `epoch`, if it does not.
+fn fence(job: &Job, epoch: i64) -> Option<StoreError> {
+    if job.epoch != epoch {
+        Some(StoreError::StaleEpoch {
+            expected: job.epoch,
+            actual: epoch,
+        })
+    } else if job.state != JobState::Running {
+        Some(StoreError::NotRunning { state: job.state })
+    } else {
+        None
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("domain values always serialize")
+}
+
+pub(crate) async fn enqueue(store: &PostgresStore, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin().await?;
+    let now = store.db_now(&mut tx).await?;
+    // Sorted, so concurrent enqueues registering the same new queues take
+    // their index locks in one order.
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    sqlx::query("INSERT INTO queues (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING")
+        .bind(&queues)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+
+    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let mut events = Vec::with_capacity(jobs.len());
+    // Plain jobs go in multi-row inserts; unique jobs one by one, since each
+    // must see the ones inserted before it.
+    let mut plain: Vec<(usize, Job)> = Vec::with_capacity(jobs.len());
+    for (i, nj) in jobs.into_iter().enumerate() {
+        let job = materialize(store, nj, now);
+        if job.unique_key.is_some() {
+            let (job, created) = enqueue_unique(&mut tx, job).await?;
+            if created {
+                events.push(enqueued_event(&job));
+            }
+            out[i] = Some(Enqueued { job, created });
+        } else {
+            plain.push((i, job));
+        }
+    }
+    for chunk in plain.chunks(CHUNK) {
+        let rows: Vec<&Job> = chunk.iter().map(|(_, j)| j).collect();
+        let ids = insert_jobs(&mut tx, &rows, false).await?;
+        if ids.len() != rows.len() {
+            return Err(StoreError::Database {
+                message: format!("inserted {} jobs of {}", ids.len(), rows.len()),
+                transient: false,
+            });
+        }
+        for ((i, job), id) in chunk.iter().zip(ids) {
+            let job = with_id(job.clone(), id);
+            events.push(enqueued_event(&job));
+            out[*i] = Some(Enqueued { job, created: true });
+        }
+    }
+    commit(tx, store, now, &events, Notify::BOTH).await?;
+    Ok(out
+        .into_iter()
+        .map(|e| e.expect("every job answered"))
+        .collect())
+}
+
+/// Inserts a job with a unique key unless a live job holds the key, and then
+/// returns that job. Race-free: `ON CONFLICT DO NOTHING` waits for a
+/// concurrent inserter of the same key to commit or roll back.
+async fn enqueue_unique(tx: &mut Tx, job: Job) -> Result<(Job, bool)> {
+    let key = job.unique_key.clone().expect("a unique job");
+    let select = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = $1 \
+         AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+    );
+    // The holder can finish between the insert and the select; then the key
+    // is free and the insert is tried again. Bounded, as a safety net.
+    for _ in 0..16 {
+        if let Some(id) = insert_jobs(tx, &[&job], true).await?.first() {
+            return Ok((with_id(job, *id), true));
+        }
+        if let Some(row) = sqlx::query(AssertSqlSafe(select.clone()))
+            .bind(&key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_error)?
+        {
+            return Ok((job_from_row(&row)?, false));
+        }
+    }
+    Err(StoreError::Database {
+        message: format!("unique key {key:?} kept changing hands; try again"),
+        transient: true,
+    })
+}
+
+fn enqueued_event(job: &Job) -> PendingEvent {
+    PendingEvent::for_job(job, EventKind::Enqueued, Actor::Client)
+        .detail(Some(job.state.as_str().to_string()))
+}
+
+fn with_id(mut job: Job, id: JobId) -> Job {
+    job.id = id;
+    if job.idempotency_key.is_empty() {
+        job.idempotency_key = id.to_string();
+    }
+    job
+}
+
+/// The row a new job becomes, before it has an id.
+fn materialize(store: &PostgresStore, nj: NewJob, now: i64) -> Job {
+    let available_at = match nj.availability {
+        Availability::Now => now,
+        Availability::At(t) => t.0,
+        Availability::After(d) => now.saturating_add(duration_millis(d)),
+    };
+    Job {
+        id: 0,
+        state: if available_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        },
+        queue: nj.queue,
+        kind: nj.kind,
+        payload: nj.payload,
+        priority: nj.priority,
+        attempt: 0,
+        max_attempts: nj.max_attempts,
+        epoch: 0,
+        claimed_by: None,
+        claimed_at: None,
+        heartbeat_at: None,
+        lease_expires_at: None,
+        heartbeats: true,
+        heartbeat_count: 0,
+        available_at: Timestamp(available_at),
+        max_run_duration: nj
+            .max_run_duration
+            .unwrap_or(store.config.default_max_run_duration),
+        heartbeat_timeout: nj
+            .heartbeat_timeout
+            .unwrap_or(store.config.default_heartbeat_timeout),
+        failure_reason: None,
+        last_error: None,
+        retry_on: nj.retry_on,
+        idempotency_key: nj.idempotency_key.unwrap_or_default(),
+        unique_key: nj.unique_key,
+        command: nj.command,
+        max_turns: nj.max_turns,
+        turns: 0,
+        progress: None,
+        result: None,
+        cancel_requested_at: None,
+        created_at: Timestamp(now),
+        finished_at: None,
+    }
+}
+
+/// Inserts rows in one statement (one array per column) and returns the new
+/// ids in row order. With `unique`, a row whose unique key a live job holds
+/// is skipped (no id returned for it).
+async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Result<Vec<JobId>> {
+    let sql = format!(
+        "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
+           max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
+           max_turns, created_at) \
+         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], \
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
+                     $13::text[], $14::bigint[], $15::bigint[]) \
+           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca) \
+         {}RETURNING id",
+        if unique {
+            "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
+               AND state NOT IN ('succeeded', 'failed', 'cancelled') DO NOTHING "
+        } else {
+            ""
+        }
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.state.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| to_json(&j.payload)).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.available_at.0).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| duration_millis(j.max_run_duration))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| duration_millis(j.heartbeat_timeout))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.retry_on.as_ref().map(to_json))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| (!j.idempotency_key.is_empty()).then_some(j.idempotency_key.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.unique_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.command.as_ref().map(to_json))
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|j| j.max_turns).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.created_at.0).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    // The identity's nextval runs row by row in array order within one
+    // statement, so ascending ids are row order (RETURNING's own order is
+    // unspecified, so sort).
+    let mut ids: Vec<JobId> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(db_error)?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A queue's row as a claim sees it.
+struct QueueRow {
+    name: String,
+    concurrency: Option<i64>,
+    paused: bool,
+}
+
+/// Claims under the caps.
+///
+/// Locking: every claim first takes the schema's claim lock — *shared* when
+/// no cap exists, *exclusive* when one does — and only then reads the caps
+/// and counts running jobs. Capped claims are therefore serialized with each
+/// other and with the uncapped claims in flight (a cap set meanwhile makes
+/// the next capped claim wait for them), while uncapped claims run in
+/// parallel, kept apart by `SKIP LOCKED`. A claim that finds a cap under the
+/// shared lock rolls back and starts again exclusively. Jobs leave `running`
+/// without the lock (finish, reap), which can only make a count too high,
+/// never too low.
+pub(crate) async fn claim(store: &PostgresStore, p: ClaimParams) -> Result<Vec<Job>> {
+    if p.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut exclusive = store.caps_hint.load(Ordering::Relaxed);
+    loop {
+        let mut tx = store.begin().await?;
+        let lock = if exclusive {
+            "SELECT pg_advisory_xact_lock($1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        };
+        sqlx::query(lock)
+            .bind(store.claim_lock_key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        // Read after the lock: the clock (a wait must not shorten leases),
+        // the caps and the counts.
+        let row = sqlx::query(
+            "SELECT (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1, \
+                    (SELECT value FROM settings WHERE key = 'global_concurrency')",
+        )
+        .bind(store.offset())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let now: i64 = row.try_get(0).map_err(db_error)?;
+        let global: Option<u64> = row
+            .try_get::<Option<String>, _>(1)
+            .map_err(db_error)?
+            .and_then(|v| v.parse().ok());
+        let queues = sqlx::query("SELECT name, concurrency, paused FROM queues")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| {
+                Ok(QueueRow {
+                    name: r.try_get(0)?,
+                    concurrency: r.try_get(1)?,
+                    paused: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(db_error)?;
+        let capped = global.is_some() || queues.iter().any(|q| q.concurrency.is_some());
+        store.caps_hint.store(capped, Ordering::Relaxed);
+        if capped && !exclusive {
+            rollback(tx).await?;
+            exclusive = true;
+            continue;
+        }
+        return claim_locked(store, tx, now, &p, global, &queues, capped).await;
+    }
+}
+
+async fn claim_locked(
+    store: &PostgresStore,
+    mut tx: Tx,
+    now: i64,
+    p: &ClaimParams,
+    global: Option<u64>,
+    queues: &[QueueRow],
+    capped: bool,
+) -> Result<Vec<Job>> {
+    let mut running: HashMap<String, u64> = HashMap::new();
+    if capped {
+        for r in
+            sqlx::query("SELECT queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?
+        {
+            running.insert(
+                r.try_get(0).map_err(db_error)?,
+                r.try_get::<i64, _>(1).map_err(db_error)?.max(0) as u64,
+            );
+        }
+    }
+    let total_running: u64 = running.values().sum();
+    let global_room = global.map_or(u64::MAX, |g| g.saturating_sub(total_running));
+    let take = u64::from(p.limit).min(global_room);
+    if take == 0 {
+        rollback(tx).await?;
+        return Ok(Vec::new());
+    }
+
+    // Per-queue room for the queues this claimer may take from.
+    let mut room: HashMap<String, u64> = HashMap::new();
+    for q in queues {
+        if p.queues
+            .as_ref()
+            .is_some_and(|wanted| !wanted.contains(&q.name))
+        {
+            continue;
+        }
+        if q.paused {
+            continue;
+        }
+        let cap = q.concurrency.map_or(u64::MAX, |c| c.max(0) as u64);
+        let free = cap.saturating_sub(running.get(&q.name).copied().unwrap_or(0));
+        if free > 0 {
+            room.insert(q.name.clone(), free);
+        }
+    }
+    if room.is_empty() {
+        rollback(tx).await?;
+        return Ok(Vec::new());
+    }
+
+    // The head of each eligible queue, in one statement: the claim index per
+    // queue, locking what it returns and skipping rows others hold.
+    let kind_clause = match &p.kinds {
+        KindFilter::Any => "",
+        KindFilter::Only { kinds, commands } => match (kinds.is_empty(), commands) {
+            (true, true) => " AND command IS NOT NULL",
+            (true, false) => " AND FALSE",
+            (false, true) => " AND (kind = ANY($3::text[]) OR command IS NOT NULL)",
+            (false, false) => " AND kind = ANY($3::text[])",
+        },
+    };
+    let select = format!(
+        "SELECT c.id, c.priority, c.available_at, c.queue \
+         FROM unnest($1::text[], $2::bigint[]) AS r(queue, room) \
+         CROSS JOIN LATERAL ( \
+           SELECT id, priority, available_at, queue FROM jobs \
+           WHERE state = 'available' AND queue = r.queue{kind_clause} \
+           ORDER BY priority, available_at, id LIMIT r.room \
+           FOR UPDATE SKIP LOCKED) AS c"
+    );
+    let (names, rooms): (Vec<&str>, Vec<i64>) = room
+        .iter()
+        .map(|(q, free)| (q.as_str(), (*free).min(take) as i64))
+        .unzip();
+    let mut q = sqlx::query(AssertSqlSafe(select)).bind(names).bind(rooms);
+    if let KindFilter::Only { kinds, .. } = &p.kinds
+        && !kinds.is_empty()
+    {
+        q = q.bind(kinds);
+    }
+    // (priority, available_at, id, queue)
+    let mut candidates: Vec<(i32, i64, i64, String)> = q
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| Ok((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?, r.try_get(3)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_error)?;
+    candidates.sort_unstable();
+    let mut picked: Vec<i64> = Vec::new();
+    for (_, _, id, queue) in candidates {
+        if picked.len() as u64 >= take {
+            break;
+        }
+        let free = room
+            .get_mut(&queue)
+            .expect("candidate from a queue with room");
+        if *free > 0 {
+            *free -= 1;
+            picked.push(id);
+        }
+    }
+    if picked.is_empty() {
+        rollback(tx).await?;
+        return Ok(Vec::new());
+    }
+
+    let update = format!(
+        "UPDATE jobs SET state = 'running', epoch = epoch + 1, attempt = attempt + 1, \
+           claimed_by = $1, claimed_at = $2, heartbeat_at = $2, heartbeats = $3, heartbeat_count = 0, \
+           cancel_requested_at = NULL, progress = NULL, turns = 0, \
+           lease_expires_at = CASE WHEN $3 THEN least($2 + max_run_duration_ms, $2 + heartbeat_timeout_ms) \
+                                   ELSE $2 + max_run_duration_ms END \
+         WHERE id = ANY($4::bigint[]) AND state = 'available' RETURNING {JOB_COLUMNS}"
+    );
+    let rows = sqlx::query(AssertSqlSafe(update))
+        .bind(&p.worker)
+        .bind(now)
+        .bind(p.heartbeats)
+        .bind(&picked)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+    jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
+    let events: Vec<PendingEvent> = jobs
+        .iter()
+        .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
+        .collect();
+    commit(tx, store, now, &events, Notify::DEADLINES).await?;
+    Ok(jobs)
+}
+
+pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Result<HeartbeatAck> {
+    // One statement, one instant: the CTE runs once (clock_timestamp() is
+    // volatile, so it is never inlined).
+    let row = sqlx::query(
+        "WITH t AS (SELECT (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1 AS now) \
+         UPDATE jobs SET heartbeat_at = t.now, heartbeat_count = jobs.heartbeat_count + 1, \
+           lease_expires_at = CASE WHEN jobs.heartbeats AND jobs.cancel_requested_at IS NULL \
+                                   THEN least(jobs.claimed_at + jobs.max_run_duration_ms, \
+                                              t.now + jobs.heartbeat_timeout_ms) \
+                                   ELSE jobs.lease_expires_at END, \
+           turns = coalesce($4, jobs.turns), progress = coalesce($5, jobs.progress) \
+         FROM t \
+         WHERE jobs.id = $2 AND jobs.epoch = $3 AND jobs.state = 'running' \
+           AND jobs.lease_expires_at > t.now \
+         RETURNING jobs.lease_expires_at, jobs.cancel_requested_at, jobs.turns, jobs.max_turns",
+    )
+    .bind(store.offset())
+    .bind(p.job)
+    .bind(p.epoch)
+    .bind(p.turns)
+    .bind(p.progress.as_deref())
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(db_error)?;
+    match row {
+        Some(r) => Ok(HeartbeatAck {
+            lease_expires_at: Timestamp(r.try_get(0).map_err(db_error)?),
+            cancel_requested: r
+                .try_get::<Option<i64>, _>(1)
+                .map_err(db_error)?
+                .is_some(),
+            turns: r.try_get(2).map_err(db_error)?,
+            max_turns: r.try_get(3).map_err(db_error)?,
+        }),
+        None => {
+            let row = sqlx::query("SELECT state, epoch FROM jobs WHERE id = $1")
+                .bind(p.job)
+                .fetch_optional(&store.pool)
+                .await
+                .map_err(db_error)?
+                .ok_or(StoreError::NotFound(p.job))?;
+            let state: JobState = row
+                .try_get::<String, _>(0)
+                .map_err(db_error)?
+                .parse()
+                .map_err(|e: String| StoreError::Database {
+                    message: e,
+                    transient: false,
+                })?;
+            let epoch: i64 = row.try_get(1).map_err(db_error)?;
+            Err(if epoch != p.epoch {
+                StoreError::StaleEpoch {
+                    expected: epoch,
+                    actual: p.epoch,
+                }
+            } else if state != JobState::Running {
+                StoreError::NotRunning { state }
+            } else {
+                StoreError::LeaseExpired
+            })
+        }
+    }
+}
+
+/// The state a failed or reaped run moves to, with its event.
+struct FailureTransition {
+    state: JobState,
+    reason: FailureReason,
+    available_at: i64,
+    event: EventKind,
+}
+
+fn failure_transition(
+    store: &PostgresStore,
+    job: &Job,
+    reason: FailureReason,
+    now: i64,
+) -> FailureTransition {
+    if job.cancel_requested_at.is_some() {
+        return FailureTransition {
+            state: JobState::Cancelled,
+            reason: FailureReason::Cancelled,
+            available_at: job.available_at.0,
+            event: EventKind::Cancelled,
+        };
+    }
+    if job.attempt < job.max_attempts && job.retries_reason(reason) {
+        let delay = store.config.retry.delay_after(job.attempt);
+        FailureTransition {
+            state: JobState::Retryable,
+            reason,
+            available_at: now.saturating_add(duration_millis(delay)),
+            event: EventKind::Retryable,
+        }
+    } else {
+        FailureTransition {
+            state: JobState::Failed,
+            reason,
+            available_at: job.available_at.0,
+            event: EventKind::Failed,
+        }
+    }
+}
+
+/// Applies a failure transition to a running job (locked by the caller),
+/// fenced on its epoch.
+async fn apply_failure(
+    tx: &mut Tx,
+    job: &Job,
+    t: &FailureTransition,
+    error: Option<&str>,
+    now: i64,
+) -> Result<Job> {
+    let terminal = t.state.is_terminal();
+    let sql = format!(
+        "UPDATE jobs SET state = $1, failure_reason = $2, last_error = $3, available_at = $4, \
+           finished_at = $5 \
+         WHERE id = $6 AND epoch = $7 AND state = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(t.state.as_str())
+        .bind(t.reason.as_str())
+        .bind(error)
+        .bind(t.available_at)
+        .bind(terminal.then_some(now))
+        .bind(job.id)
+        .bind(job.epoch)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .ok_or(StoreError::NotRunning { state: job.state })?;
+    job_from_row(&row)
+}
+
+/// Longest error text kept on a job.
+const MAX_ERROR_LEN: usize = 4096;
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<Vec<Result<Job>>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin().await?;
+    let now = store.db_now(&mut tx).await?;
+    // Lock every row of the batch up front, in id order, so two batches (or
+    // a batch and a cancel) can never deadlock; the fenced writes below then
+    // see rows nobody else can change.
+    let mut ids: Vec<i64> = batch.iter().map(|f| f.job).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query("SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    let mut freed = false;
+    let success_sql = format!(
+        "UPDATE jobs SET state = 'succeeded', finished_at = $1, result = $2, failure_reason = NULL, \
+           last_error = NULL \
+         WHERE id = $3 AND epoch = $4 AND state = 'running' RETURNING {JOB_COLUMNS}"
+    );
+    for f in batch {
+        let answer = match &f.outcome {
+            Outcome::Succeeded { result } => {
+                let row = sqlx::query(AssertSqlSafe(success_sql.clone()))
+                    .bind(now)
+                    .bind(result.as_ref().map(to_json))
+                    .bind(f.job)
+                    .bind(f.epoch)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                match row {
+                    Some(row) => {
+                        let job = job_from_row(&row)?;
+                        events.push(PendingEvent::for_job(
+                            &job,
+                            EventKind::Succeeded,
+                            Actor::Executor,
+                        ));
+                        Ok(job)
+                    }
+                    None => match load_job(&mut tx, f.job, false).await {
+                        Ok(job) => Err(fence(&job, f.epoch)
+                            .unwrap_or(StoreError::NotRunning { state: job.state })),
+                        Err(e) => Err(e),
+                    },
+                }
+            }
+            Outcome::Failed { reason, error } => match load_job(&mut tx, f.job, false).await {
+                Err(e) => Err(e),
+                Ok(job) => match fence(&job, f.epoch) {
+                    Some(refusal) => Err(refusal),
+                    None => {
+                        let t = failure_transition(store, &job, *reason, now);
+                        let error = error.as_deref().map(|e| truncate(e, MAX_ERROR_LEN));
+                        let updated = apply_failure(&mut tx, &job, &t, error, now).await?;
+                        events.push(
+                            PendingEvent::for_job(&updated, t.event, Actor::Executor)
+                                .reason(t.reason.as_str())
+                                .detail(error.map(|e| truncate(e, 200).to_string())),
+                        );
+                        Ok(updated)
+                    }
+                },
+            },
+        };
+        if let (Ok(job), Some(output)) = (&answer, &f.output)
+            && !output.is_empty()
+        {
+            sqlx::query(
+                "INSERT INTO run_output (job_id, attempt, output) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job_id, attempt) DO UPDATE SET output = excluded.output",
+            )
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(output.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        freed |= answer.is_ok();
+        answers.push(answer);
+    }
+    let notify = if freed { Notify::BOTH } else { Notify::NONE };
+    commit(tx, store, now, &events, notify).await?;
+    Ok(answers)
+}
+
+pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {
+    let mut tx = store.begin().await?;
+    let now = store.db_now(&mut tx).await?;
+    let job = load_job(&mut tx, id, true).await?;
+    let (updated, event) = match job.state {
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+            rollback(tx).await?;
+            return Err(StoreError::InvalidState {
+                action: "cancel",
+                state: job.state,
+            });
+        }
+        JobState::Running => {
+            if job.cancel_requested_at.is_some() {
+                rollback(tx).await?;
+                return Ok(job);
+            }
+            let grace = duration_millis(store.config.cancel_grace);
+            let sql = format!(
+                "UPDATE jobs SET cancel_requested_at = $1, lease_expires_at = least(lease_expires_at, $1 + $2) \
+                 WHERE id = $3 AND epoch = $4 AND state = 'running' RETURNING {JOB_COLUMNS}"
+            );
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(now)
+                .bind(grace)
+                .bind(id)
+                .bind(job.epoch)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .ok_or(StoreError::NotRunning { state: job.state })?;
+            let job = job_from_row(&row)?;
+            let event = PendingEvent::for_job(&job, EventKind::CancelRequested, Actor::Operator);
+            (job, event)
+        }
+        JobState::Scheduled | JobState::Available | JobState::Retryable => {
+            let sql = format!(
+                "UPDATE jobs SET state = 'cancelled', failure_reason = 'cancelled', finished_at = $1 \
+                 WHERE id = $2 AND epoch = $3 AND state = $4 RETURNING {JOB_COLUMNS}"
+            );
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(now)
+                .bind(id)
+                .bind(job.epoch)
+                .bind(job.state.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .ok_or(StoreError::InvalidState {
+                    action: "cancel",
+                    state: job.state,
+                })?;
+            let job = job_from_row(&row)?;
+            let event = PendingEvent::for_job(&job, EventKind::Cancelled, Actor::Operator)
+                .reason("cancelled");
+            (job, event)
+        }
+    };
+    commit(tx, store, now, &[event], Notify::DEADLINES).await?;
+    Ok(updated)
+}
+
+pub(crate) async fn retry(store: &PostgresStore, id: JobId) -> Result<Job> {
+    let mut tx = store.begin().await?;
+    let now = store.db_now(&mut tx).await?;
+    let job = load_job(&mut tx, id, true).await?;
+    if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+        rollback(tx).await?;
+        return Err(StoreError::InvalidState {
+            action: "retry",
+            state: job.state,
+        });
+    }
+    let sql = format!(
+        "UPDATE jobs SET state = 'available', attempt = 0, available_at = $1, finished_at = NULL, \
+           cancel_requested_at = NULL, failure_reason = NULL, last_error = NULL \
+         WHERE id = $2 AND epoch = $3 AND state = $4 RETURNING {JOB_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(id)
+        .bind(job.epoch)
+        .bind(job.state.as_str())
+        .fetch_optional(&mut *tx)
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return Err(StoreError::InvalidState {
+                action: "retry",
+                state: job.state,
+            });
+        }
+        // The failed statement aborted the transaction; dropping it rolls back.
+        Err(e) if is_unique_violation(&e) => {
+            return Err(reeve_core::InputError::new(
+                "unique_key",
+                "another live job holds this job's unique key; cancel or finish it first",
+            )
+            .into());
+        }
+        Err(e) => return Err(db_error(e)),
+    };
+    let updated = job_from_row(&row)?;
+    let events = [PendingEvent::for_job(
+        &updated,
+        EventKind::Retried,
+        Actor::Operator,
+    )];
+    commit(tx, store, now, &events, Notify::WORK).await?;
+    Ok(updated)
+}
+
+pub(crate) async fn reap_expired(store: &PostgresStore, limit: u32) -> Result<Vec<Job>> {
+    let mut tx = store.begin().await?;
+    let now = store.db_now(&mut tx).await?;
+    // SKIP LOCKED: a run being finished or cancelled right now is left to
+    // that transaction (or to the next reap).
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at <= $1 \
+         ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if rows.is_empty() {
+        rollback(tx).await?;
+        return Ok(Vec::new());
+    }
+    let mut reaped = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let job = job_from_row(row)?;
+        let hard_cap = job
+            .claimed_at
+            .map(|c| c.0.saturating_add(duration_millis(job.max_run_duration)))
+            .unwrap_or(i64::MAX);
+        let reason = if now >= hard_cap {
+            FailureReason::Timeout
+        } else {
+            FailureReason::HeartbeatLost
+        };
+        let t = failure_transition(store, &job, reason, now);
+        let updated =
+            apply_failure(&mut tx, &job, &t, Some(reap_message(&job, reason)), now).await?;
+        events.push(
+            PendingEvent::for_job(&updated, t.event, Actor::Reaper).reason(t.reason.as_str()),
+        );
+        reaped.push(updated);
+    }
+    commit(tx, store, now, &events, Notify::BOTH).await?;
+    Ok(reaped)
+}
+
+fn reap_message(job: &Job, reason: FailureReason) -> &'static str {
+    match (job.cancel_requested_at.is_some(), reason) {
+        (true, _) => "cancelled: the executor did not stop within the cancel grace",
+        (false, FailureReason::Timeout) => "run passed its max_run_duration",
+        _ => "no heartbeat within heartbeat_timeout",
+    }
+}
+
+pub(crate) async fn promote_due(store: &PostgresStore, limit: u32) -> Result<u64> {
+    let mut tx = store.begin().await?;
+    let now = store.db_now(&mut tx).await?;
+    let rows = sqlx::query(
+        "UPDATE jobs SET state = 'available' WHERE id IN ( \
+           SELECT id FROM jobs WHERE state IN ('scheduled', 'retryable') AND available_at <= $1 \
+           ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         AND state IN ('scheduled', 'retryable') \
+         RETURNING id, queue, kind, epoch, attempt",
+    )
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if rows.is_empty() {
+        rollback(tx).await?;
+        return Ok(0);
+    }
+    let events: Vec<PendingEvent> = rows
+        .iter()
+        .map(|r| {
+            Ok(PendingEvent {
+                job_id: r.try_get(0)?,
+                event: EventKind::Available,
+                epoch: r.try_get(3)?,
+                attempt: r.try_get(4)?,
+                worker: None,
+                reason: None,
+                by: Actor::Engine,
+                detail: None,
+                queue: r.try_get(1)?,
+                kind: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_error)?;
+    commit(tx, store, now, &events, Notify::WORK).await?;
+    Ok(rows.len() as u64)
+}
+
+pub(crate) async fn update_queue(store: &PostgresStore, name: &str, patch: QueuePatch) -> Result<()> {
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO queues (name, concurrency, paused) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET \
+           concurrency = CASE WHEN $4 THEN excluded.concurrency ELSE queues.concurrency END, \
+           paused = CASE WHEN $5 THEN excluded.paused ELSE queues.paused END",
+    )
+    .bind(name)
+    .bind(patch.concurrency.flatten().map(i64::from))
+    .bind(patch.paused.unwrap_or(false))
+    .bind(patch.concurrency.is_some())
+    .bind(patch.paused.is_some())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    commit(tx, store, 0, &[], Notify::WORK).await
+}
+
+pub(crate) async fn set_limits(store: &PostgresStore, limits: Limits) -> Result<()> {
+    let mut tx = store.begin().await?;
+    match limits.global {
+        Some(n) => {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ('global_concurrency', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(n.to_string())
+            .execute(&mut *tx)
+            .await
+        }
+        None => {
+            sqlx::query("DELETE FROM settings WHERE key = 'global_concurrency'")
+                .execute(&mut *tx)
+                .await
+        }
+    }
+    .map_err(db_error)?;
+    commit(tx, store, 0, &[], Notify::WORK).await
+}
+
+pub(crate) async fn prune(store: &PostgresStore, older_than: Duration, batch: u32) -> Result<u64> {
+    let mut tx = store.begin().await?;
+    let cutoff = store
+        .db_now(&mut tx)
+        .await?
+        .saturating_sub(duration_millis(older_than));
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
+         AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT $2 \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(cutoff)
+    .bind(i64::from(batch))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if ids.is_empty() {
+        rollback(tx).await?;
+        return Ok(0);
+    }
+    for sql in [
+        "DELETE FROM events WHERE job_id = ANY($1::bigint[])",
+        "DELETE FROM run_output WHERE job_id = ANY($1::bigint[])",
+        "DELETE FROM jobs WHERE id = ANY($1::bigint[])",
+    ] {
+        sqlx::query(sql)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(ids.len() as u64)
+}
