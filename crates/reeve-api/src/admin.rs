@@ -112,6 +112,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult<Response
 
 fn register_runtime(registry: &mut Registry, s: &RuntimeStats) {
     registry.register(
+        "reeve_leader",
+        "1 when this daemon is the leader (runs reaping and maintenance)",
+        ConstGauge::new(i64::from(s.leader)),
+    );
+    registry.register(
         "reeve_executor_slots",
         "Executor slots of this process",
         ConstGauge::new(i64::from(s.slots)),
@@ -161,6 +166,8 @@ fn gauge_value(n: u64) -> i64 {
 pub(crate) struct StatusResponse {
     backend: &'static str,
     worker_id: String,
+    /// Whether this daemon leads (also in `executor.leader`).
+    leader: bool,
     running: u64,
     by_state: std::collections::BTreeMap<String, u64>,
     limits: Limits,
@@ -173,14 +180,16 @@ pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<Stat
     let counts = state.store.status().await?;
     let limits = state.store.limits().await?;
     let queues = state.store.list_queues().await?;
+    let executor = state.runtime.stats();
     Ok(Json(StatusResponse {
         backend: state.store.backend(),
         worker_id: state.runtime.worker_id(),
+        leader: executor.leader,
         running: counts.running,
         by_state: counts.by_state,
         limits,
         queues,
-        executor: state.runtime.stats(),
+        executor,
     }))
 }
 

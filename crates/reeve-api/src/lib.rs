@@ -110,6 +110,8 @@ pub trait Runtime: Send + Sync + 'static {
 /// `/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RuntimeStats {
+    /// Whether this daemon leads (runs reaping and maintenance).
+    pub leader: bool,
     pub slots: u32,
     pub busy: u32,
     pub claimed_total: u64,

@@ -39,6 +39,7 @@ impl Runtime for TestRuntime {
 
     fn stats(&self) -> RuntimeStats {
         RuntimeStats {
+            leader: true,
             slots: 4,
             busy: 1,
             claimed_total: 7,
@@ -809,6 +810,7 @@ async fn status_and_metrics() {
         r#"reeve_queue_concurrency_limit{queue="agents"} 4"#,
         r#"reeve_queue_paused{queue="agents"} 0"#,
         "reeve_global_concurrency_limit 8",
+        "reeve_leader 1",
         "reeve_executor_slots 4",
         "reeve_executor_busy 1",
         "reeve_claimed_total 7",

@@ -19,6 +19,7 @@
 
 mod completer;
 mod dispatch;
+mod leader;
 mod maintenance;
 pub mod process;
 mod run;
@@ -206,6 +207,8 @@ struct Inner {
     /// Stops maintenance and the completer (last step of shutdown).
     stop_all: CancellationToken,
     shutting_down: AtomicBool,
+    /// Whether this engine leads (runs maintenance); see `leader`.
+    leading: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running engine. Dropping it does not stop it; call [`Engine::shutdown`].
@@ -239,12 +242,14 @@ impl Engine {
             stop_claiming: CancellationToken::new(),
             stop_all,
             shutting_down: AtomicBool::new(false),
+            leading: tokio::sync::watch::Sender::new(false),
         });
         let mut tasks = vec![completer_task];
         if !inner.handlers.is_empty() {
             tasks.push(tokio::spawn(dispatch::run(inner.clone())));
         }
         if inner.config.maintenance {
+            tasks.push(tokio::spawn(leader::run(inner.clone())));
             tasks.push(tokio::spawn(maintenance::run(inner.clone())));
         }
         Arc::new(Engine {
@@ -255,6 +260,17 @@ impl Engine {
 
     pub fn worker_id(&self) -> &str {
         &self.inner.config.worker_id
+    }
+
+    /// Whether this engine currently leads (runs maintenance).
+    pub fn is_leader(&self) -> bool {
+        *self.inner.leading.borrow()
+    }
+
+    /// Waits until this engine leads (tests, status).
+    pub async fn wait_leading(&self) {
+        let mut rx = self.inner.leading.subscribe();
+        let _ = rx.wait_for(|leading| *leading).await;
     }
 
     pub fn stats(&self) -> &Stats {

@@ -24,7 +24,20 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let mut deadlines = inner.store.signals().deadlines.subscribe();
     let mut backoff = Backoff::new();
     let mut next_prune = Instant::now() + Duration::from_secs(5);
+    let mut leading = inner.leading.subscribe();
     loop {
+        // Only the leader maintains; a follower waits to be elected.
+        if !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = inner.stop_all.cancelled() => return,
+            }
+        }
         deadlines.borrow_and_update();
         let mut failed = false;
         failed |= !promote(&inner).await;
@@ -58,6 +71,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                     return;
                 }
             }
+            _ = leading.changed() => {}
             _ = inner.stop_all.cancelled() => return,
         }
     }

@@ -262,7 +262,11 @@ pub async fn claim_orders_by_priority_then_time_then_id(h: &impl Harness) {
     assert_eq!(kinds, ["high", "a", "b", "low"]);
     assert!(a.id < b.id);
     for j in &claimed {
-        assert_eq!(j, &s.get_job(j.id).await.unwrap(), "a claim answers with the stored job");
+        assert_eq!(
+            j,
+            &s.get_job(j.id).await.unwrap(),
+            "a claim answers with the stored job"
+        );
         assert_eq!(j.state, JobState::Running);
         assert_eq!((j.epoch, j.attempt), (1, 1));
         assert_eq!(j.claimed_by.as_deref(), Some("w"));
@@ -555,7 +559,11 @@ pub async fn write_backs_are_fenced_and_change_nothing(h: &impl Harness) {
         result: Some(serde_json::json!({"pr": 7})),
     };
     let done = one(&s, with_result).await.unwrap();
-    assert_eq!(done, s.get_job(j.id).await.unwrap(), "a write-back answers with the stored job");
+    assert_eq!(
+        done,
+        s.get_job(j.id).await.unwrap(),
+        "a write-back answers with the stored job"
+    );
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.result, Some(serde_json::json!({"pr": 7})));
     assert!(done.finished_at.is_some());

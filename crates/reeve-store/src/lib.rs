@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod leader;
 pub mod log;
+
+pub use leader::{Leadership, SoleLeader};
 
 /// Errors of the store: domain refusals (nothing changed) and infrastructure
 /// failures.
@@ -232,6 +235,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Wake-ups published after each commit (see [`Signals`]).
     fn signals(&self) -> &Signals;
+
+    /// How daemons sharing this store elect the one that runs maintenance.
+    /// By default every process leads alone ([`SoleLeader`]).
+    fn leadership(&self) -> std::sync::Arc<dyn Leadership> {
+        std::sync::Arc::new(SoleLeader)
+    }
 
     /// The store's clock: the authority for every lease comparison.
     async fn now(&self) -> Result<Timestamp>;

@@ -890,6 +890,14 @@ fn render_status(s: &Value) -> String {
         ("backend", text(&s["backend"])),
         ("worker", text(&s["worker_id"])),
         (
+            "leader",
+            match s["leader"].as_bool() {
+                Some(true) => "yes (this daemon reaps and maintains)".to_string(),
+                Some(false) => "no (another daemon leads)".to_string(),
+                None => "-".to_string(),
+            },
+        ),
+        (
             "running",
             format!(
                 "{} (global limit: {})",

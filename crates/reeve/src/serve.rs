@@ -84,6 +84,7 @@ impl Runtime for EngineRuntime {
     fn stats(&self) -> RuntimeStats {
         let s = self.0.stats();
         RuntimeStats {
+            leader: self.0.is_leader(),
             slots: self.0.slots(),
             busy: self.0.busy(),
             claimed_total: s.claimed.load(Ordering::Relaxed),
