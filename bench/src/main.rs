@@ -25,10 +25,10 @@
 //! (`--measure-reeve`), effectum's in `effectum-peer`, a separate cargo
 //! project beside this one that this binary builds first. They cannot share
 //! one binary: effectum 0.7.0 links SQLite through rusqlite 0.31
-//! (libsqlite3-sys 0.28) and reeve through sqlx 0.9 (libsqlite3-sys
-//! >= 0.30.1), and both declare `links = "sqlite3"`. The output gives the
-//! medians and the ratios reeve/effectum, as a table or with `--json` as one
-//! JSON object.
+//! (libsqlite3-sys 0.28) and reeve through sqlx 0.9 (libsqlite3-sys 0.30.1 or
+//! later), and both declare `links = "sqlite3"`. The output gives the medians
+//! and the ratios reeve/effectum, as a table or with `--json` as one JSON
+//! object.
 //!
 //! ```text
 //! cargo run --release --manifest-path bench/Cargo.toml -- --runs 3

@@ -42,9 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--jobs" => args.jobs = value.parse().context("--jobs")?,
             "--concurrency" => args.concurrency = value.parse().context("--concurrency")?,
@@ -88,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
     // WAL persists in the file, so effectum's own connections all use it.
     let db = rusqlite::Connection::open(&path)?;
     let mode: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    ensure!(mode.eq_ignore_ascii_case("wal"), "journal_mode is {mode}, not wal");
+    ensure!(
+        mode.eq_ignore_ascii_case("wal"),
+        "journal_mode is {mode}, not wal"
+    );
     let queue = Queue::new(Path::new(&path)).await?;
 
     // 1. Enqueue.
@@ -118,12 +119,18 @@ async fn main() -> anyhow::Result<()> {
         .build()
         .await?;
     while ran.0.load(Ordering::Relaxed) < total {
-        ensure!(Instant::now() < deadline, "processing did not finish within 10 minutes");
+        ensure!(
+            Instant::now() < deadline,
+            "processing did not finish within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Every handler has run; wait for the last completions to commit.
     while unfinished(&db)? > 0 {
-        ensure!(Instant::now() < deadline, "processing did not finish within 10 minutes");
+        ensure!(
+            Instant::now() < deadline,
+            "processing did not finish within 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let process_s = started.elapsed().as_secs_f64();

@@ -22,9 +22,12 @@
 //!   also runs `pg_notify` on `reeve_work` / `reeve_deadlines` with the schema
 //!   name as payload (delivered at commit); the listener task (`listen`)
 //!   turns other processes' notifications into local [`Signals`].
+//! - *One leader per schema* ([`PgLeadership`]): a session advisory lock on
+//!   a dedicated connection, released by PostgreSQL when that session ends.
 //! - *No credentials in errors.* Connection errors name host, port and
 //!   database, never the URL or the password.
 
+mod leader;
 mod listen;
 mod rows;
 mod write;
@@ -37,13 +40,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reeve_core::{Event, Job, JobFilter, JobId, Page, Timestamp};
 use reeve_store::{
-    ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, Limits, QueueInfo, QueuePatch,
-    QueueSettings, Result, RunOutput, Signals, StatusCounts, Store, StoreConfig, StoreError,
+    ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, Leadership, Limits, QueueInfo,
+    QueuePatch, QueueSettings, Result, RunOutput, Signals, StatusCounts, Store, StoreConfig,
+    StoreError,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
+pub use leader::PgLeadership;
 pub use sqlx::postgres::PgConnectOptions;
 
 use crate::rows::{EVENT_COLUMNS, JOB_COLUMNS, db_error, event_from_row, job_from_row};
@@ -171,6 +176,8 @@ pub struct PostgresStore {
     caps_hint: AtomicBool,
     listener: Arc<listen::ListenerState>,
     listener_task: Mutex<Option<listen::Handle>>,
+    /// The schema's leader lock (its connection is opened on first use).
+    leadership: Arc<PgLeadership>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -237,8 +244,9 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         let schema = schema.ok_or_else(|| StoreError::Database {
-            message: "no schema to create reeve's tables in: the search_path names no existing schema"
-                .into(),
+            message:
+                "no schema to create reeve's tables in: the search_path names no existing schema"
+                    .into(),
             transient: false,
         })?;
         let signals = Arc::new(Signals::default());
@@ -253,6 +261,12 @@ impl PostgresStore {
             caps_hint: AtomicBool::new(false),
             listener: listener.clone(),
             listener_task: Mutex::new(None),
+            leadership: Arc::new(PgLeadership::new(
+                connect
+                    .clone()
+                    .application_name(&format!("reeve-leader-{schema}")),
+                stable_key(&format!("reeve/leader/{schema}")),
+            )),
         };
         store.migrate().await?;
         let listener_connect = connect.application_name(&format!("reeve-listener-{schema}"));
@@ -295,6 +309,11 @@ impl PostgresStore {
             .fetch_add(reeve_core::time::duration_millis(by), Ordering::SeqCst);
     }
 
+    /// How far [`PostgresStore::advance_clock`] has moved this store's clock.
+    pub fn clock_offset(&self) -> Duration {
+        Duration::from_millis(self.offset().max(0) as u64)
+    }
+
     /// The schema holding this store's tables.
     pub fn schema(&self) -> &str {
         &self.schema
@@ -311,10 +330,11 @@ impl PostgresStore {
         self.listener.connects()
     }
 
-    /// Stops the listener and closes the pool (waiting for connections in
-    /// use to come back). Operations after `close` fail with a database
-    /// error.
+    /// Gives up leadership, stops the listener and closes the pool (waiting
+    /// for connections in use to come back). Operations after `close` fail
+    /// with a database error.
     pub async fn close(&self) {
+        self.leadership.release().await;
         let task = self.listener_task.lock().expect("listener lock").take();
         if let Some(task) = task {
             task.shutdown().await;
@@ -363,9 +383,11 @@ async fn ensure_schema(pool: &PgPool, schema: &str) -> Result<()> {
         return Ok(());
     }
     // The name was validated: no quoting needed, nothing to inject.
-    match sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-        .execute(pool)
-        .await
+    match sqlx::query(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(pool)
+    .await
     {
         Ok(_) => Ok(()),
         // Another process created it between the check and here.
@@ -384,6 +406,15 @@ impl Store for PostgresStore {
 
     fn signals(&self) -> &Signals {
         &self.signals
+    }
+
+    /// A session advisory lock per schema, held on a dedicated connection.
+    async fn close(&self) {
+        PostgresStore::close(self).await;
+    }
+
+    fn leadership(&self) -> Arc<dyn Leadership> {
+        self.leadership.clone()
     }
 
     async fn now(&self) -> Result<Timestamp> {
@@ -665,14 +696,26 @@ mod tests {
         for ok in ["public", "reeve", "reeve_t_0af3", "_x", "a1"] {
             assert!(validate_schema(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1a", "Reeve", "a-b", "a b", "a\"b", "a;drop", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1a",
+            "Reeve",
+            "a-b",
+            "a b",
+            "a\"b",
+            "a;drop",
+            &"x".repeat(64),
+        ] {
             assert!(validate_schema(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn lock_keys_are_stable_and_per_schema() {
-        assert_eq!(stable_key("reeve/claim/public"), stable_key("reeve/claim/public"));
+        assert_eq!(
+            stable_key("reeve/claim/public"),
+            stable_key("reeve/claim/public")
+        );
         assert_ne!(stable_key("reeve/claim/a"), stable_key("reeve/claim/b"));
         // FNV-1a test vector: a stable hash, not std's randomized one.
         assert_eq!(stable_key("a") as u64, 0xaf63_dc4c_8601_ec8c);
@@ -684,7 +727,10 @@ mod tests {
         let target = opts.target();
         assert_eq!(target, "db.example:6543/reeve");
         let debug = format!("{opts:?}");
-        assert!(debug.contains("db.example") && !debug.contains("s3cret"), "{debug}");
+        assert!(
+            debug.contains("db.example") && !debug.contains("s3cret"),
+            "{debug}"
+        );
         let err = PostgresOptions::from_url("postgres://me:s3cret@db.example:notaport/reeve")
             .unwrap_err()
             .to_string();

@@ -184,6 +184,10 @@ async fn commit(
 ) -> Result<()> {
     record(&mut tx, store, at, events, notify).await?;
     tx.commit().await.map_err(db_error)?;
+    notify.raise(store);
+    if !reeve_store::log::enabled() {
+        return Ok(());
+    }
     for e in events {
         let event = reeve_core::Event {
             id: 0,
@@ -199,7 +203,6 @@ async fn commit(
         };
         reeve_store::log::emit(&event, &e.queue, &e.kind);
     }
-    notify.raise(store);
     Ok(())
 }
 
@@ -705,10 +708,7 @@ pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Resu
     match row {
         Some(r) => Ok(HeartbeatAck {
             lease_expires_at: Timestamp(r.try_get(0).map_err(db_error)?),
-            cancel_requested: r
-                .try_get::<Option<i64>, _>(1)
-                .map_err(db_error)?
-                .is_some(),
+            cancel_requested: r.try_get::<Option<i64>, _>(1).map_err(db_error)?.is_some(),
             turns: r.try_get(2).map_err(db_error)?,
             max_turns: r.try_get(3).map_err(db_error)?,
         }),
@@ -1125,7 +1125,11 @@ pub(crate) async fn promote_due(store: &PostgresStore, limit: u32) -> Result<u64
     Ok(rows.len() as u64)
 }
 
-pub(crate) async fn update_queue(store: &PostgresStore, name: &str, patch: QueuePatch) -> Result<()> {
+pub(crate) async fn update_queue(
+    store: &PostgresStore,
+    name: &str,
+    patch: QueuePatch,
+) -> Result<()> {
     let mut tx = store.begin().await?;
     sqlx::query(
         "INSERT INTO queues (name, concurrency, paused) VALUES ($1, $2, $3) \

@@ -28,12 +28,17 @@ fn report(name: &str, per_round: usize, samples: Vec<Duration>) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let opts = SqliteOptions::from_url(&url).expect("url");
-        let store = SqliteStore::open(&opts, StoreConfig::default()).await.expect("open");
+        let store = SqliteStore::open(&opts, StoreConfig::default())
+            .await
+            .expect("open");
 
         let mut enqueue = Vec::new();
         for _ in 0..ROUNDS {
@@ -58,7 +63,11 @@ fn main() {
             claims.push(t.elapsed());
             let t = Instant::now();
             store
-                .heartbeat(HeartbeatParams { job: jobs[0].id, epoch: jobs[0].epoch, ..Default::default() })
+                .heartbeat(HeartbeatParams {
+                    job: jobs[0].id,
+                    epoch: jobs[0].epoch,
+                    ..Default::default()
+                })
                 .await
                 .expect("heartbeat");
             heartbeats.push(t.elapsed());

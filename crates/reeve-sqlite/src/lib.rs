@@ -214,6 +214,10 @@ impl Store for SqliteStore {
         Ok(Timestamp(self.now_ms()))
     }
 
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn enqueue(&self, jobs: Vec<reeve_core::NewJob>) -> Result<Vec<Enqueued>> {
         write::enqueue(self, jobs).await
     }

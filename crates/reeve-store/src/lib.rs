@@ -236,6 +236,9 @@ pub trait Store: Send + Sync + 'static {
     /// Wake-ups published after each commit (see [`Signals`]).
     fn signals(&self) -> &Signals;
 
+    /// Closes the store's connections (after the engine has stopped).
+    async fn close(&self) {}
+
     /// How daemons sharing this store elect the one that runs maintenance.
     /// By default every process leads alone ([`SoleLeader`]).
     fn leadership(&self) -> std::sync::Arc<dyn Leadership> {

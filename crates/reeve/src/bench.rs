@@ -69,8 +69,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .db
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
-    let store = crate::serve::open_store(&url, StoreConfig::default()).await?;
-    let dyn_store: Arc<dyn Store> = store.clone();
+    let database = crate::database::DatabaseConfig::from_parts(&url, &Default::default())?;
+    let dyn_store: Arc<dyn Store> = database.open(StoreConfig::default()).await?;
 
     // 1. Enqueue.
     let started = Instant::now();
@@ -159,7 +159,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         latency_ms_p99: (pct(0.99) * 1000.0).round() / 1000.0,
         latency_samples: samples.len(),
     };
-    store.close().await;
+    dyn_store.close().await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -60,6 +60,8 @@ pub enum Command {
     Status,
     /// Measure the store: enqueue and processing throughput, idle latency.
     Bench(BenchArgs),
+    /// Apply the database migrations and exit (`serve` also applies them).
+    Migrate(ServeArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,7 +42,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`error: …` on stderr) and become the exit code; `Err` is only for
 /// commands that are not client commands.
 pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<ExitCode> {
-    if matches!(command, Command::Serve(_) | Command::Bench(_)) {
+    if matches!(
+        command,
+        Command::Serve(_) | Command::Bench(_) | Command::Migrate(_)
+    ) {
         anyhow::bail!("`serve` and `bench` are not client commands");
     }
     let result = match Api::new(global) {
@@ -62,7 +65,7 @@ async fn dispatch(api: &Api, json: bool, command: Command) -> Result<(), Fail> {
         Command::Queues(cmd) => queues(api, json, cmd).await,
         Command::Limits(cmd) => limits(api, json, cmd).await,
         Command::Status => status(api, json).await,
-        Command::Serve(_) | Command::Bench(_) => {
+        Command::Serve(_) | Command::Bench(_) | Command::Migrate(_) => {
             Err(Fail::usage("`serve` and `bench` are not client commands"))
         }
     }

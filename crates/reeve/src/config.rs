@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub queues: BTreeMap<String, RawQueue>,
     #[serde(default)]
     pub kinds: BTreeMap<String, RawKind>,
+    #[serde(default)]
+    pub postgres: crate::database::RawPostgres,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,7 +106,7 @@ pub struct RawKind {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub db: String,
+    pub database: crate::database::DatabaseConfig,
     pub admin_token: Option<String>,
     pub max_request_bytes: usize,
     pub max_payload_bytes: usize,
@@ -158,8 +160,9 @@ impl Config {
         let admin_token = admin_token(&raw.server)?;
         let db = overrides
             .db
-            .or(raw.server.db)
+            .or(raw.server.db.clone())
             .unwrap_or_else(|| DEFAULT_DB.into());
+        let database = crate::database::DatabaseConfig::from_parts(&db, &raw.postgres)?;
         if !listen.ip().is_loopback() && admin_token.is_none() {
             bail!(
                 "server.listen: {listen} is not a loopback address; set an admin token \
@@ -228,7 +231,7 @@ impl Config {
         }
         Ok(Config {
             listen,
-            db,
+            database,
             admin_token,
             max_request_bytes,
             max_payload_bytes,
@@ -306,7 +309,7 @@ mod tests {
     fn defaults_match_the_spec() {
         let c = parse("").unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.db, DEFAULT_DB);
+        assert_eq!(c.database.describe(), DEFAULT_DB);
         assert_eq!(c.store.default_heartbeat_timeout, Duration::from_secs(90));
         assert_eq!(c.store.default_max_run_duration, Duration::from_secs(1200));
         assert_eq!(c.kill_grace, Duration::from_secs(10));

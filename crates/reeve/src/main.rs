@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod client;
 mod config;
+mod database;
 mod serve;
 
 use clap::Parser;
@@ -26,6 +27,7 @@ fn main() -> std::process::ExitCode {
         match args.command {
             cli::Command::Serve(serve_args) => serve::run(serve_args).await,
             cli::Command::Bench(bench_args) => bench::run(bench_args).await,
+            cli::Command::Migrate(serve_args) => serve::migrate(serve_args).await,
             command => client::run(&args.global, command).await,
         }
     });

@@ -12,7 +12,6 @@ use reeve_core::JobId;
 use reeve_engine::process::ProcessHandler;
 use reeve_engine::reeve_exec::RunLimits;
 use reeve_engine::{Engine, EngineConfig, Handlers};
-use reeve_sqlite::{SqliteOptions, SqliteStore};
 use reeve_store::{Limits, QueuePatch, Store};
 use std::sync::atomic::Ordering;
 use tracing_subscriber::layer::SubscriberExt;
@@ -34,21 +33,6 @@ pub fn init_logging() {
                 .layer(),
         )
         .try_init();
-}
-
-/// Opens the store a URL names.
-pub async fn open_store(
-    url: &str,
-    config: reeve_store::StoreConfig,
-) -> anyhow::Result<Arc<SqliteStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!("db: this build of reeve has no PostgreSQL backend yet (use sqlite://PATH)");
-    }
-    let opts = SqliteOptions::from_url(url).map_err(|e| anyhow::anyhow!("db: {e}"))?;
-    let store = SqliteStore::open(&opts, config)
-        .await
-        .with_context(|| format!("cannot open the database {}", opts.path.display()))?;
-    Ok(Arc::new(store))
 }
 
 /// This process's executor identity: host, pid and a random suffix, so a
@@ -105,7 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             listen: args.listen,
         },
     )?;
-    let store = open_store(&config.db, config.store.clone()).await?;
+    let store = config.database.open(config.store.clone()).await?;
     apply_settings(store.as_ref(), &config).await?;
 
     let url = format!("http://{}", config.listen);
@@ -146,7 +130,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     tracing::info!(
         addr = %addr,
         backend = store.backend(),
-        db = %config.db,
+        db = %config.database.describe(),
         worker = engine.worker_id(),
         slots = config.slots,
         kinds = config.kinds.len(),
@@ -164,6 +148,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     engine.shutdown(config.shutdown_grace).await;
     store.close().await;
     tracing::info!("stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `reeve migrate`: opening a store applies its embedded migrations.
+pub async fn migrate(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = Config::load(
+        args.config.as_deref(),
+        Overrides {
+            db: args.db,
+            listen: args.listen,
+        },
+    )?;
+    let store = config.database.open(config.store.clone()).await?;
+    store.close().await;
+    println!("migrations applied to {}", config.database.describe());
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,463 @@
+//! PostgreSQL-specific behaviour beyond the shared suite: wake-ups across
+//! processes (LISTEN/NOTIFY), the listener's reconnect, caps under claimers
+//! in separate stores, and credentials kept out of errors. Each test runs in
+//! a schema of its own; without a reachable server (and without `CI`) the
+//! tests return early after `common::server` says so on stderr.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reeve_core::{EventKind, Job, JobState, NewJob};
+use reeve_postgres::{PostgresOptions, PostgresStore};
+use reeve_store::{ClaimParams, Finish, KindFilter, Limits, Outcome, QueuePatch, Store};
+use tokio::sync::watch;
+
+fn claim(worker: &str, limit: u32) -> ClaimParams {
+    ClaimParams {
+        worker: worker.into(),
+        queues: None,
+        kinds: KindFilter::Any,
+        limit,
+        heartbeats: true,
+    }
+}
+
+fn succeed(job: &Job) -> Finish {
+    Finish {
+        job: job.id,
+        epoch: job.epoch,
+        outcome: Outcome::Succeeded { result: None },
+        output: None,
+    }
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `within`.
+async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for the listener's first connect, whose catch-up signals are then
+/// already raised, so a receiver marked seen afterwards sees only later
+/// changes.
+async fn listening(store: &PostgresStore) {
+    eventually("the listener to connect", Duration::from_secs(5), || {
+        store.listener_connects() >= 1
+    })
+    .await;
+}
+
+async fn changed_within(rx: &mut watch::Receiver<u64>, within: Duration) -> bool {
+    matches!(tokio::time::timeout(within, rx.changed()).await, Ok(Ok(())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_in_another_store_wakes_an_idle_claimer() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await;
+    let b = db.open().await;
+    listening(&a).await;
+    let mut rx = a.signals().work.subscribe();
+    rx.borrow_and_update();
+    // A claims, finds nothing, and would now sleep on its work signal.
+    assert!(a.claim(claim("a", 1)).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "nothing happened yet, so nothing should wake A"
+    );
+    // Another process enqueues.
+    b.enqueue(vec![NewJob::new("default", "wake")])
+        .await
+        .unwrap();
+    assert!(
+        changed_within(&mut rx, Duration::from_secs(5)).await,
+        "A's work signal was not raised by B's enqueue"
+    );
+    let got = a.claim(claim("a", 1)).await.unwrap();
+    assert_eq!(got.len(), 1, "A claims what B enqueued");
+    // And the other way: A's claim moves a deadline B's engine sleeps on.
+    let mut deadlines = b.signals().deadlines.subscribe();
+    deadlines.borrow_and_update();
+    b.enqueue(vec![NewJob::new("default", "two")])
+        .await
+        .unwrap();
+    // B's own listener echoes B's notification back; let it land first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deadlines.borrow_and_update();
+    a.claim(claim("a", 1)).await.unwrap();
+    assert!(
+        changed_within(&mut deadlines, Duration::from_secs(5)).await,
+        "B's deadlines signal was not raised by A's claim"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_of_other_schemas_are_ignored() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let Some(other_db) = common::TestDb::new().await else {
+        return;
+    };
+    let mine = db.open().await;
+    let theirs = other_db.open().await;
+    listening(&mine).await;
+    let mut rx = mine.signals().work.subscribe();
+    rx.borrow_and_update();
+    theirs
+        .enqueue(vec![NewJob::new("default", "elsewhere")])
+        .await
+        .unwrap();
+    assert!(
+        !changed_within(&mut rx, Duration::from_millis(500)).await,
+        "a store woke up for another schema's enqueue"
+    );
+}
+
+/// 8 claimers on 4 separate stores (separate pools, as separate daemons
+/// would be) race under caps of 2 global / 1 per queue over 3 queues. The
+/// event history replayed in event-id order never shows more running jobs
+/// than a cap, and every job succeeds exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimers_in_separate_stores_never_exceed_caps() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    const JOBS: usize = 120;
+    let queues = ["q1", "q2", "q3"];
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(db.open().await);
+    }
+    let s = stores[0].clone();
+    s.set_limits(Limits { global: Some(2) }).await.unwrap();
+    for q in queues {
+        s.update_queue(
+            q,
+            QueuePatch {
+                concurrency: Some(Some(1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let batch: Vec<NewJob> = (0..JOBS)
+        .map(|i| NewJob::new(queues[i % 3], "work"))
+        .collect();
+    let ids: Vec<i64> = s
+        .enqueue(batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job.id)
+        .collect();
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..8 {
+        let store = stores[w % 4].clone();
+        let sampler = stores[(w + 1) % 4].clone();
+        handles.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut idle_rounds = 0;
+            while idle_rounds < 200 {
+                let claimed = store
+                    .claim(claim(&format!("w{w}"), 2))
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    idle_rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                idle_rounds = 0;
+                let running = sampler.status().await.expect("status").running;
+                assert!(
+                    running <= 2,
+                    "sampled {running} running jobs under a global cap of 2"
+                );
+                tokio::task::yield_now().await;
+                let answers = store
+                    .finish(claimed.iter().map(succeed).collect())
+                    .await
+                    .expect("finish");
+                for a in answers {
+                    a.expect("the owner's completion is accepted");
+                    done += 1;
+                }
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await.expect("claimer task");
+    }
+    eprintln!(
+        "{JOBS} capped claims across 4 stores in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(total, JOBS, "every job completed exactly once");
+    let mut all = Vec::new();
+    for id in &ids {
+        let events = s.job_events(*id).await.unwrap();
+        let succeeded = events
+            .iter()
+            .filter(|e| e.event == EventKind::Succeeded)
+            .count();
+        assert_eq!(succeeded, 1, "job {id} succeeded exactly once");
+        let job = s.get_job(*id).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        all.extend(events.into_iter().map(|e| (e, job.queue.clone())));
+    }
+    all.sort_by_key(|(e, _)| e.id);
+    let mut running_total = 0i64;
+    let mut running_by_queue: HashMap<String, i64> = HashMap::new();
+    let mut max_total = 0;
+    for (e, q) in &all {
+        let delta = match e.event {
+            EventKind::Claimed => 1,
+            EventKind::Succeeded
+            | EventKind::Failed
+            | EventKind::Retryable
+            | EventKind::Cancelled => -1,
+            _ => 0,
+        };
+        running_total += delta;
+        *running_by_queue.entry(q.clone()).or_default() += delta;
+        max_total = max_total.max(running_total);
+        assert!(running_total <= 2, "global cap exceeded at event {}", e.id);
+        assert!(
+            running_by_queue[q] <= 1,
+            "queue {q} cap exceeded at event {}",
+            e.id
+        );
+    }
+    assert!(max_total >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_after_its_backend_is_terminated() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await;
+    let b = db.open().await;
+    listening(&a).await;
+    let old_pid = a.listener_backend_pid().expect("a listening backend");
+    let mut rx = a.signals().work.subscribe();
+    rx.borrow_and_update();
+
+    // Terminate exactly A's listener connection: its pid, double-checked by
+    // the application name the listener sets and by this database.
+    let app = format!("reeve-listener-{}", db.schema);
+    let mut admin = db.admin().await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE pid = $1 AND application_name = $2 AND datname = current_database()",
+    )
+    .bind(old_pid)
+    .bind(&app)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "terminated the listener's backend");
+
+    eventually("the listener to reconnect", Duration::from_secs(10), || {
+        a.listener_connects() >= 2
+    })
+    .await;
+    let new_pid = a.listener_backend_pid().expect("listening again");
+    assert_ne!(new_pid, old_pid);
+    assert!(
+        rx.has_changed().unwrap(),
+        "a reconnect raises the work signal (notifications may have been missed)"
+    );
+    rx.borrow_and_update();
+
+    b.enqueue(vec![NewJob::new("default", "after-reconnect")])
+        .await
+        .unwrap();
+    assert!(
+        changed_within(&mut rx, Duration::from_secs(5)).await,
+        "notifications flow again after the reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_the_listener_connection() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await;
+    listening(&a).await;
+    let pid = a.listener_backend_pid().expect("listening");
+    a.close().await;
+    let mut admin = db.admin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener's connection outlived close()"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.now().await.is_err(), "a closed store refuses work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_reads_the_database_clock() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await;
+    let b = db.open().await;
+    let (ta, tb) = (a.now().await.unwrap(), b.now().await.unwrap());
+    assert!((ta.0 - tb.0).abs() < 5_000, "{ta:?} vs {tb:?}");
+    a.advance_clock(Duration::from_secs(3600));
+    let ta = a.now().await.unwrap();
+    assert!(ta.0 - tb.0 >= 3_600_000, "the offset moves only A's clock");
+    assert_eq!(a.clock_offset(), Duration::from_secs(3600));
+    assert_eq!(a.backend(), "postgres");
+    assert_eq!(a.schema(), db.schema);
+}
+
+#[tokio::test]
+async fn connection_errors_name_the_target_but_never_the_password() {
+    // Port 1 on loopback: refused at once, no server needed.
+    let opts = PostgresOptions::from_url("postgres://reeve:hunter2-secret@127.0.0.1:1/reevedb")
+        .unwrap()
+        .acquire_timeout(Duration::from_secs(2));
+    let err = PostgresStore::open_with(opts, Default::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1/reevedb"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        err.is_transient(),
+        "a refused connection is transient: {text}"
+    );
+    let err = PostgresStore::open_with(
+        PostgresOptions::from_url("postgres://u:hunter2@127.0.0.1:1/x")
+            .unwrap()
+            .schema("Not Valid"),
+        Default::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"));
+    assert!(err.is_refusal(), "a bad schema name is an input error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_a_schema_keeps_its_jobs() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await;
+    let j = a
+        .enqueue(vec![NewJob::new("default", "durable")])
+        .await
+        .unwrap()
+        .remove(0)
+        .job;
+    a.close().await;
+    drop(a);
+    let b = db.open().await;
+    assert_eq!(
+        b.get_job(j.id).await.unwrap(),
+        j,
+        "migrations are idempotent"
+    );
+    let _: Arc<dyn Store> = b;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_per_schema_until_it_releases() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await.leadership();
+    let b = db.open().await.leadership();
+    assert!(a.contested());
+    assert!(!a.confirm().await, "not leading before acquiring");
+    assert!(a.try_acquire().await.unwrap());
+    assert!(
+        a.try_acquire().await.unwrap(),
+        "a leader that asks again still leads"
+    );
+    assert!(!b.try_acquire().await.unwrap(), "one leader at a time");
+    assert!(a.confirm().await);
+    assert!(!b.confirm().await);
+    a.release().await;
+    assert!(!a.confirm().await, "released");
+    assert!(b.try_acquire().await.unwrap(), "another takes over at once");
+    assert!(!a.try_acquire().await.unwrap());
+    b.release().await;
+
+    // Another schema's leader does not compete.
+    let Some(other_db) = common::TestDb::new().await else {
+        return;
+    };
+    let c = other_db.open().await.leadership();
+    assert!(a.try_acquire().await.unwrap());
+    assert!(c.try_acquire().await.unwrap(), "leaders are per schema");
+    a.release().await;
+    c.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_session_dies_is_deposed() {
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let a = db.open().await.leadership();
+    let b = db.open().await.leadership();
+    assert!(a.try_acquire().await.unwrap());
+    assert!(!b.try_acquire().await.unwrap());
+    // Kill the session that holds this schema's leader lock.
+    let app = format!("reeve-leader-{}", db.schema);
+    let mut admin = db.admin().await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
+         WHERE l.locktype = 'advisory' AND l.granted AND s.application_name = $1 \
+           AND s.datname = current_database()",
+    )
+    .bind(&app)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "terminated the leader's session");
+    assert!(!a.confirm().await, "a leader without its session stops");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !b.try_acquire().await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "nobody took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !a.try_acquire().await.unwrap(),
+        "the old leader follows now"
+    );
+    b.release().await;
+}
