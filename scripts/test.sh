@@ -1,9 +1,27 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, then every test of the workspace
-# (domain, the storage conformance suite on SQLite files, engine, executor,
-# HTTP API, and black-box tests of the `reeve` binary).
+# The whole test suite: formatting, lints, then every test of the workspace:
+# the domain, the storage conformance suite on SQLite files and on
+# PostgreSQL, the engine, the executor, the HTTP API, and black-box tests of
+# the `reeve` binary (single and several daemons).
+#
+# PostgreSQL tests use REEVE_TEST_PG_URL (default
+# postgres://postgres@127.0.0.1:5432/test), each in its own schema; without a
+# reachable server they are skipped with a message, except under CI (CI set),
+# where that fails. One test starts and restarts a throwaway server with
+# scripts/pg-throwaway.sh. The clock-skew test needs libfaketime, installed
+# here when missing and possible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing faketime (for the clock-skew test)"
+    apt-get install -y -qq faketime >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq faketime >/dev/null 2>&1; } \
+      || echo "could not install faketime; the clock-skew test will say so"
+  fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
