@@ -18,9 +18,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use reeve_core::job::Availability;
 use reeve_core::time::duration_millis;
-use reeve_core::{Actor, EventKind, FailureReason, Job, JobId, JobState, NewJob, Timestamp};
+use reeve_core::{Actor, EventKind, Job, JobId, JobState, NewJob, Timestamp};
+use reeve_store::transition::{
+    MAX_ERROR_LEN, PendingEvent, emit_committed, enqueued_event, failure_transition, fence,
+    materialize, pick_claims, reap_message, reap_reason, truncate, with_id,
+};
 use reeve_store::{
     ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, KindFilter, Limits, Outcome,
     QueuePatch, Result, StoreError,
@@ -32,47 +35,6 @@ use crate::listen::{DEADLINES_CHANNEL, WORK_CHANNEL};
 use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
 
 type Tx = Transaction<'static, Postgres>;
-
-/// An event recorded inside a transaction, printed after its commit.
-struct PendingEvent {
-    job_id: JobId,
-    event: EventKind,
-    epoch: i64,
-    attempt: i32,
-    worker: Option<String>,
-    reason: Option<String>,
-    by: Actor,
-    detail: Option<String>,
-    queue: String,
-    kind: String,
-}
-
-impl PendingEvent {
-    fn for_job(job: &Job, event: EventKind, by: Actor) -> Self {
-        PendingEvent {
-            job_id: job.id,
-            event,
-            epoch: job.epoch,
-            attempt: job.attempt,
-            worker: job.claimed_by.clone(),
-            reason: None,
-            by,
-            detail: None,
-            queue: job.queue.clone(),
-            kind: job.kind.clone(),
-        }
-    }
-
-    fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
-        self
-    }
-
-    fn detail(mut self, detail: Option<String>) -> Self {
-        self.detail = detail;
-        self
-    }
-}
 
 /// Which wake-ups a transaction publishes (locally after commit, and to
 /// other processes through `pg_notify` inside the transaction).
@@ -185,24 +147,7 @@ async fn commit(
     record(&mut tx, store, at, events, notify).await?;
     tx.commit().await.map_err(db_error)?;
     notify.raise(store);
-    if !reeve_store::log::enabled() {
-        return Ok(());
-    }
-    for e in events {
-        let event = reeve_core::Event {
-            id: 0,
-            job_id: e.job_id,
-            at: Timestamp(at),
-            event: e.event,
-            epoch: e.epoch,
-            attempt: e.attempt,
-            worker: e.worker.clone(),
-            reason: e.reason.clone(),
-            by: e.by,
-            detail: e.detail.clone(),
-        };
-        reeve_store::log::emit(&event, &e.queue, &e.kind);
-    }
+    emit_committed(events, at);
     Ok(())
 }
 
@@ -223,20 +168,6 @@ async fn load_job(tx: &mut Tx, id: JobId, lock: bool) -> Result<Job> {
         .map_err(db_error)?
         .ok_or(StoreError::NotFound(id))?;
     job_from_row(&row)
-}
-
-/// Why a fenced write to `job` does not apply for `epoch`, if it does not.
-fn fence(job: &Job, epoch: i64) -> Option<StoreError> {
-    if job.epoch != epoch {
-        Some(StoreError::StaleEpoch {
-            expected: job.epoch,
-            actual: epoch,
-        })
-    } else if job.state != JobState::Running {
-        Some(StoreError::NotRunning { state: job.state })
-    } else {
-        None
-    }
 }
 
 fn to_json(v: &impl serde::Serialize) -> String {
@@ -266,7 +197,7 @@ pub(crate) async fn enqueue(store: &PostgresStore, jobs: Vec<NewJob>) -> Result<
     // must see the ones inserted before it.
     let mut plain: Vec<(usize, Job)> = Vec::with_capacity(jobs.len());
     for (i, nj) in jobs.into_iter().enumerate() {
-        let job = materialize(store, nj, now);
+        let job = materialize(&store.config, nj, now);
         if job.unique_key.is_some() {
             let (job, created) = enqueue_unique(&mut tx, job).await?;
             if created {
@@ -327,69 +258,6 @@ async fn enqueue_unique(tx: &mut Tx, job: Job) -> Result<(Job, bool)> {
         message: format!("unique key {key:?} kept changing hands; try again"),
         transient: true,
     })
-}
-
-fn enqueued_event(job: &Job) -> PendingEvent {
-    PendingEvent::for_job(job, EventKind::Enqueued, Actor::Client)
-        .detail(Some(job.state.as_str().to_string()))
-}
-
-fn with_id(mut job: Job, id: JobId) -> Job {
-    job.id = id;
-    if job.idempotency_key.is_empty() {
-        job.idempotency_key = id.to_string();
-    }
-    job
-}
-
-/// The row a new job becomes, before it has an id.
-fn materialize(store: &PostgresStore, nj: NewJob, now: i64) -> Job {
-    let available_at = match nj.availability {
-        Availability::Now => now,
-        Availability::At(t) => t.0,
-        Availability::After(d) => now.saturating_add(duration_millis(d)),
-    };
-    Job {
-        id: 0,
-        state: if available_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Available
-        },
-        queue: nj.queue,
-        kind: nj.kind,
-        payload: nj.payload,
-        priority: nj.priority,
-        attempt: 0,
-        max_attempts: nj.max_attempts,
-        epoch: 0,
-        claimed_by: None,
-        claimed_at: None,
-        heartbeat_at: None,
-        lease_expires_at: None,
-        heartbeats: true,
-        heartbeat_count: 0,
-        available_at: Timestamp(available_at),
-        max_run_duration: nj
-            .max_run_duration
-            .unwrap_or(store.config.default_max_run_duration),
-        heartbeat_timeout: nj
-            .heartbeat_timeout
-            .unwrap_or(store.config.default_heartbeat_timeout),
-        failure_reason: None,
-        last_error: None,
-        retry_on: nj.retry_on,
-        idempotency_key: nj.idempotency_key.unwrap_or_default(),
-        unique_key: nj.unique_key,
-        command: nj.command,
-        max_turns: nj.max_turns,
-        turns: 0,
-        progress: None,
-        result: None,
-        cancel_requested_at: None,
-        created_at: Timestamp(now),
-        finished_at: None,
-    }
 }
 
 /// Inserts rows in one statement (one array per column) and returns the new
@@ -628,7 +496,7 @@ async fn claim_locked(
         q = q.bind(kinds);
     }
     // (priority, available_at, id, queue)
-    let mut candidates: Vec<(i32, i64, i64, String)> = q
+    let candidates: Vec<(i32, i64, i64, String)> = q
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?
@@ -636,20 +504,7 @@ async fn claim_locked(
         .map(|r| Ok((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?, r.try_get(3)?)))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(db_error)?;
-    candidates.sort_unstable();
-    let mut picked: Vec<i64> = Vec::new();
-    for (_, _, id, queue) in candidates {
-        if picked.len() as u64 >= take {
-            break;
-        }
-        let free = room
-            .get_mut(&queue)
-            .expect("candidate from a queue with room");
-        if *free > 0 {
-            *free -= 1;
-            picked.push(id);
-        }
-    }
+    let picked = pick_claims(candidates, room, take);
     if picked.is_empty() {
         rollback(tx).await?;
         return Ok(Vec::new());
@@ -742,52 +597,12 @@ pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Resu
     }
 }
 
-/// The state a failed or reaped run moves to, with its event.
-struct FailureTransition {
-    state: JobState,
-    reason: FailureReason,
-    available_at: i64,
-    event: EventKind,
-}
-
-fn failure_transition(
-    store: &PostgresStore,
-    job: &Job,
-    reason: FailureReason,
-    now: i64,
-) -> FailureTransition {
-    if job.cancel_requested_at.is_some() {
-        return FailureTransition {
-            state: JobState::Cancelled,
-            reason: FailureReason::Cancelled,
-            available_at: job.available_at.0,
-            event: EventKind::Cancelled,
-        };
-    }
-    if job.attempt < job.max_attempts && job.retries_reason(reason) {
-        let delay = store.config.retry.delay_after(job.attempt);
-        FailureTransition {
-            state: JobState::Retryable,
-            reason,
-            available_at: now.saturating_add(duration_millis(delay)),
-            event: EventKind::Retryable,
-        }
-    } else {
-        FailureTransition {
-            state: JobState::Failed,
-            reason,
-            available_at: job.available_at.0,
-            event: EventKind::Failed,
-        }
-    }
-}
-
 /// Applies a failure transition to a running job (locked by the caller),
 /// fenced on its epoch.
 async fn apply_failure(
     tx: &mut Tx,
     job: &Job,
-    t: &FailureTransition,
+    t: &reeve_store::transition::FailureTransition,
     error: Option<&str>,
     now: i64,
 ) -> Result<Job> {
@@ -810,20 +625,6 @@ async fn apply_failure(
         .map_err(db_error)?
         .ok_or(StoreError::NotRunning { state: job.state })?;
     job_from_row(&row)
-}
-
-/// Longest error text kept on a job.
-const MAX_ERROR_LEN: usize = 4096;
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<Vec<Result<Job>>> {
@@ -884,7 +685,7 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
                 Ok(job) => match fence(&job, f.epoch) {
                     Some(refusal) => Err(refusal),
                     None => {
-                        let t = failure_transition(store, &job, *reason, now);
+                        let t = failure_transition(&store.config, &job, *reason, now);
                         let error = error.as_deref().map(|e| truncate(e, MAX_ERROR_LEN));
                         let updated = apply_failure(&mut tx, &job, &t, error, now).await?;
                         events.push(
@@ -1055,16 +856,8 @@ pub(crate) async fn reap_expired(store: &PostgresStore, limit: u32) -> Result<Ve
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         let job = job_from_row(row)?;
-        let hard_cap = job
-            .claimed_at
-            .map(|c| c.0.saturating_add(duration_millis(job.max_run_duration)))
-            .unwrap_or(i64::MAX);
-        let reason = if now >= hard_cap {
-            FailureReason::Timeout
-        } else {
-            FailureReason::HeartbeatLost
-        };
-        let t = failure_transition(store, &job, reason, now);
+        let reason = reap_reason(&job, now);
+        let t = failure_transition(&store.config, &job, reason, now);
         let updated =
             apply_failure(&mut tx, &job, &t, Some(reap_message(&job, reason)), now).await?;
         events.push(
@@ -1074,14 +867,6 @@ pub(crate) async fn reap_expired(store: &PostgresStore, limit: u32) -> Result<Ve
     }
     commit(tx, store, now, &events, Notify::BOTH).await?;
     Ok(reaped)
-}
-
-fn reap_message(job: &Job, reason: FailureReason) -> &'static str {
-    match (job.cancel_requested_at.is_some(), reason) {
-        (true, _) => "cancelled: the executor did not stop within the cancel grace",
-        (false, FailureReason::Timeout) => "run passed its max_run_duration",
-        _ => "no heartbeat within heartbeat_timeout",
-    }
 }
 
 pub(crate) async fn promote_due(store: &PostgresStore, limit: u32) -> Result<u64> {

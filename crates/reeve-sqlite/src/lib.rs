@@ -313,17 +313,8 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(db_error)?;
-        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
-        let next_before_id = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|j| j.id)
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_before_id,
-        })
+        let items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(reeve_store::transition::page(items, limit))
     }
 
     async fn job_events(&self, id: JobId) -> Result<Vec<Event>> {

@@ -6,9 +6,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use reeve_core::job::Availability;
 use reeve_core::time::duration_millis;
 use reeve_core::{Actor, EventKind, FailureReason, Job, JobId, JobState, NewJob, Timestamp};
+use reeve_store::transition::{
+    MAX_ERROR_LEN, PendingEvent, emit_committed, enqueued_event, failure_event, failure_transition,
+    fence, materialize, pick_claims, reap_message, reap_reason, truncate, with_id,
+};
 use reeve_store::{
     ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, KindFilter, Outcome, Result,
     StoreError,
@@ -19,47 +22,6 @@ use crate::SqliteStore;
 use crate::rows::{
     JOB_COLUMNS, JOB_JSON, db_error, is_unique_violation, job_from_row, jobs_from_json,
 };
-
-/// An event recorded inside a transaction, printed after its commit.
-struct PendingEvent {
-    job_id: JobId,
-    event: EventKind,
-    epoch: i64,
-    attempt: i32,
-    worker: Option<String>,
-    reason: Option<String>,
-    by: Actor,
-    detail: Option<String>,
-    queue: String,
-    kind: String,
-}
-
-impl PendingEvent {
-    fn for_job(job: &Job, event: EventKind, by: Actor) -> Self {
-        PendingEvent {
-            job_id: job.id,
-            event,
-            epoch: job.epoch,
-            attempt: job.attempt,
-            worker: job.claimed_by.clone(),
-            reason: None,
-            by,
-            detail: None,
-            queue: job.queue.clone(),
-            kind: job.kind.clone(),
-        }
-    }
-
-    fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
-        self
-    }
-
-    fn detail(mut self, detail: Option<String>) -> Self {
-        self.detail = detail;
-        self
-    }
-}
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const CHUNK: usize = 500;
@@ -130,24 +92,7 @@ async fn copy_events(
 
 async fn commit(tx: Transaction<'static, Sqlite>, at: i64, events: &[PendingEvent]) -> Result<()> {
     tx.commit().await.map_err(db_error)?;
-    if !reeve_store::log::enabled() {
-        return Ok(());
-    }
-    for e in events {
-        let event = reeve_core::Event {
-            id: 0,
-            job_id: e.job_id,
-            at: Timestamp(at),
-            event: e.event,
-            epoch: e.epoch,
-            attempt: e.attempt,
-            worker: e.worker.clone(),
-            reason: e.reason.clone(),
-            by: e.by,
-            detail: e.detail.clone(),
-        };
-        reeve_store::log::emit(&event, &e.queue, &e.kind);
-    }
+    emit_committed(events, at);
     Ok(())
 }
 
@@ -160,20 +105,6 @@ async fn load_job(tx: &mut Transaction<'static, Sqlite>, id: JobId) -> Result<Jo
         .map_err(db_error)?
         .ok_or(StoreError::NotFound(id))?;
     job_from_row(&row)
-}
-
-/// Why a fenced write to `job` does not apply for `epoch`, if it does not.
-fn fence(job: &Job, epoch: i64) -> Option<StoreError> {
-    if job.epoch != epoch {
-        Some(StoreError::StaleEpoch {
-            expected: job.epoch,
-            actual: epoch,
-        })
-    } else if job.state != JobState::Running {
-        Some(StoreError::NotRunning { state: job.state })
-    } else {
-        None
-    }
 }
 
 fn to_json(v: &impl serde::Serialize) -> String {
@@ -204,7 +135,7 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
     // must see the ones inserted before it.
     let mut plain: Vec<(usize, Job)> = Vec::with_capacity(jobs.len());
     for (i, nj) in jobs.into_iter().enumerate() {
-        let job = materialize(store, nj, now);
+        let job = materialize(&store.config, nj, now);
         if let Some(key) = &job.unique_key {
             let sql = format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = ? \
@@ -265,69 +196,6 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
         .into_iter()
         .map(|e| e.expect("every job answered"))
         .collect())
-}
-
-fn enqueued_event(job: &Job) -> PendingEvent {
-    PendingEvent::for_job(job, EventKind::Enqueued, Actor::Client)
-        .detail(Some(job.state.as_str().to_string()))
-}
-
-fn with_id(mut job: Job, id: JobId) -> Job {
-    job.id = id;
-    if job.idempotency_key.is_empty() {
-        job.idempotency_key = id.to_string();
-    }
-    job
-}
-
-/// The row a new job becomes, before it has an id.
-fn materialize(store: &SqliteStore, nj: NewJob, now: i64) -> Job {
-    let available_at = match nj.availability {
-        Availability::Now => now,
-        Availability::At(t) => t.0,
-        Availability::After(d) => now.saturating_add(duration_millis(d)),
-    };
-    Job {
-        id: 0,
-        state: if available_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Available
-        },
-        queue: nj.queue,
-        kind: nj.kind,
-        payload: nj.payload,
-        priority: nj.priority,
-        attempt: 0,
-        max_attempts: nj.max_attempts,
-        epoch: 0,
-        claimed_by: None,
-        claimed_at: None,
-        heartbeat_at: None,
-        lease_expires_at: None,
-        heartbeats: true,
-        heartbeat_count: 0,
-        available_at: Timestamp(available_at),
-        max_run_duration: nj
-            .max_run_duration
-            .unwrap_or(store.config.default_max_run_duration),
-        heartbeat_timeout: nj
-            .heartbeat_timeout
-            .unwrap_or(store.config.default_heartbeat_timeout),
-        failure_reason: None,
-        last_error: None,
-        retry_on: nj.retry_on,
-        idempotency_key: nj.idempotency_key.unwrap_or_default(),
-        unique_key: nj.unique_key,
-        command: nj.command,
-        max_turns: nj.max_turns,
-        turns: 0,
-        progress: None,
-        result: None,
-        cancel_requested_at: None,
-        created_at: Timestamp(now),
-        finished_at: None,
-    }
 }
 
 /// Inserts rows in one statement and returns their ids in row order.
@@ -481,20 +349,7 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
                 .map(|(prio, at, id)| (prio, at, id, queue.clone())),
         );
     }
-    candidates.sort_unstable();
-    let mut picked: Vec<i64> = Vec::new();
-    for (_, _, id, queue) in candidates {
-        if picked.len() as u64 >= take {
-            break;
-        }
-        let free = room
-            .get_mut(&queue)
-            .expect("candidate from a queue with room");
-        if *free > 0 {
-            *free -= 1;
-            picked.push(id);
-        }
-    }
+    let picked = pick_claims(candidates, room, take);
     if picked.is_empty() {
         return Ok(Vec::new());
     }
@@ -591,51 +446,11 @@ pub(crate) async fn heartbeat(store: &SqliteStore, p: HeartbeatParams) -> Result
     }
 }
 
-/// The state a failed or reaped run moves to, with its event.
-struct FailureTransition {
-    state: JobState,
-    reason: FailureReason,
-    available_at: i64,
-    event: EventKind,
-}
-
-fn failure_transition(
-    store: &SqliteStore,
-    job: &Job,
-    reason: FailureReason,
-    now: i64,
-) -> FailureTransition {
-    if job.cancel_requested_at.is_some() {
-        return FailureTransition {
-            state: JobState::Cancelled,
-            reason: FailureReason::Cancelled,
-            available_at: job.available_at.0,
-            event: EventKind::Cancelled,
-        };
-    }
-    if job.attempt < job.max_attempts && job.retries_reason(reason) {
-        let delay = store.config.retry.delay_after(job.attempt);
-        FailureTransition {
-            state: JobState::Retryable,
-            reason,
-            available_at: now.saturating_add(duration_millis(delay)),
-            event: EventKind::Retryable,
-        }
-    } else {
-        FailureTransition {
-            state: JobState::Failed,
-            reason,
-            available_at: job.available_at.0,
-            event: EventKind::Failed,
-        }
-    }
-}
-
 /// Applies a failure transition to a running job, fenced on its epoch.
 async fn apply_failure(
     tx: &mut Transaction<'static, Sqlite>,
     job: &Job,
-    t: &FailureTransition,
+    t: &reeve_store::transition::FailureTransition,
     error: Option<&str>,
     now: i64,
 ) -> Result<Job> {
@@ -657,20 +472,6 @@ async fn apply_failure(
         .map_err(db_error)?
         .ok_or(StoreError::NotRunning { state: job.state })?;
     job_from_row(&row)
-}
-
-/// Longest error text kept on a job.
-const MAX_ERROR_LEN: usize = 4096;
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Vec<Result<Job>>> {
@@ -776,14 +577,6 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
         .collect())
 }
 
-fn failure_event(state: JobState) -> EventKind {
-    match state {
-        JobState::Retryable => EventKind::Retryable,
-        JobState::Cancelled => EventKind::Cancelled,
-        _ => EventKind::Failed,
-    }
-}
-
 /// One fenced completion; `Ok(Err(refusal))` when it does not apply.
 async fn complete_one(
     tx: &mut Transaction<'static, Sqlite>,
@@ -830,7 +623,7 @@ async fn fail_one(
     if let Some(refusal) = fence(&job, f.epoch) {
         return Ok(Err(refusal));
     }
-    let t = failure_transition(store, &job, reason, now);
+    let t = failure_transition(&store.config, &job, reason, now);
     let error = error.map(|e| truncate(e, MAX_ERROR_LEN));
     Ok(Ok(apply_failure(tx, &job, &t, error, now).await?))
 }
@@ -1055,16 +848,8 @@ pub(crate) async fn reap_expired(store: &SqliteStore, limit: u32) -> Result<Vec<
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         let job = job_from_row(row)?;
-        let hard_cap = job
-            .claimed_at
-            .map(|c| c.0.saturating_add(duration_millis(job.max_run_duration)))
-            .unwrap_or(i64::MAX);
-        let reason = if now >= hard_cap {
-            FailureReason::Timeout
-        } else {
-            FailureReason::HeartbeatLost
-        };
-        let t = failure_transition(store, &job, reason, now);
+        let reason = reap_reason(&job, now);
+        let t = failure_transition(&store.config, &job, reason, now);
         let updated =
             apply_failure(&mut tx, &job, &t, Some(reap_message(&job, reason)), now).await?;
         events.push(
@@ -1077,14 +862,6 @@ pub(crate) async fn reap_expired(store: &SqliteStore, limit: u32) -> Result<Vec<
     store.signals.work_changed();
     store.signals.deadlines_changed();
     Ok(reaped)
-}
-
-fn reap_message(job: &Job, reason: FailureReason) -> &'static str {
-    match (job.cancel_requested_at.is_some(), reason) {
-        (true, _) => "cancelled: the executor did not stop within the cancel grace",
-        (false, FailureReason::Timeout) => "run passed its max_run_duration",
-        _ => "no heartbeat within heartbeat_timeout",
-    }
 }
 
 pub(crate) async fn promote_due(store: &SqliteStore, limit: u32) -> Result<u64> {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod leader;
 pub mod log;
+pub mod transition;
 
 pub use leader::{Leadership, SoleLeader};
 
