@@ -330,6 +330,28 @@ impl PostgresStore {
         self.listener.connects()
     }
 
+    /// Drops this store's own schema with everything in it, then closes the
+    /// store. Only for throwaway schemas (the benchmark's); refuses when the
+    /// store uses the server's default schema.
+    pub async fn drop_schema_and_close(&self) -> Result<()> {
+        let schema = self.schema.clone();
+        if schema == "public" {
+            return Err(StoreError::Database {
+                message: "refusing to drop the public schema".into(),
+                transient: false,
+            });
+        }
+        let result = sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db_error);
+        self.close().await;
+        result
+    }
+
     /// Gives up leadership, stops the listener and closes the pool (waiting
     /// for connections in use to come back). Operations after `close` fail
     /// with a database error.

@@ -69,8 +69,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .db
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
-    let database = crate::database::DatabaseConfig::from_parts(&url, &Default::default())?;
-    let dyn_store: Arc<dyn Store> = database.open(StoreConfig::default()).await?;
+    // PostgreSQL: a fresh schema of its own, dropped at the end.
+    let (dyn_store, throwaway): (Arc<dyn Store>, Option<Arc<reeve_postgres::PostgresStore>>) =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let schema = format!("reeve_bench_{}", std::process::id());
+            let opts = reeve_postgres::PostgresOptions::from_url(&url)?.schema(schema);
+            let pg = Arc::new(
+                reeve_postgres::PostgresStore::open_with(opts, StoreConfig::default()).await?,
+            );
+            (pg.clone(), Some(pg))
+        } else {
+            let database = crate::database::DatabaseConfig::from_parts(&url, &Default::default())?;
+            (database.open(StoreConfig::default()).await?, None)
+        };
 
     // 1. Enqueue.
     let started = Instant::now();
@@ -159,7 +170,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         latency_ms_p99: (pct(0.99) * 1000.0).round() / 1000.0,
         latency_samples: samples.len(),
     };
-    dyn_store.close().await;
+    match throwaway {
+        Some(pg) => pg.drop_schema_and_close().await?,
+        None => dyn_store.close().await,
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
