@@ -90,6 +90,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound(id) => ApiError::NotFound(format!("job {id} not found")),
+            StoreError::ScheduleNotFound(name) => {
+                ApiError::NotFound(format!("schedule {name} not found"))
+            }
             StoreError::StaleEpoch { expected, actual } => {
                 ApiError::StaleEpoch { expected, actual }
             }

@@ -155,6 +155,12 @@ pub struct Job {
     pub cancel_requested_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The schedule whose firing created this job, if any.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The nominal fire time of that firing.
+    #[serde(default)]
+    pub nominal_at: Option<Timestamp>,
 }
 
 impl Job {
@@ -193,6 +199,10 @@ pub struct NewJob {
     pub command: Option<Vec<String>>,
     pub max_turns: Option<i64>,
     pub retry_on: Option<Vec<FailureReason>>,
+    /// The schedule whose firing creates this job, if any.
+    pub schedule: Option<String>,
+    /// The nominal fire time of that firing.
+    pub nominal_at: Option<Timestamp>,
 }
 
 impl NewJob {
@@ -212,6 +222,8 @@ impl NewJob {
             command: None,
             max_turns: None,
             retry_on: None,
+            schedule: None,
+            nominal_at: None,
         }
     }
 }
@@ -353,6 +365,8 @@ impl EnqueueRequest {
             command: self.command,
             max_turns: self.max_turns,
             retry_on,
+            schedule: None,
+            nominal_at: None,
         })
     }
 }

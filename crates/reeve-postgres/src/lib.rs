@@ -30,6 +30,7 @@
 mod leader;
 mod listen;
 mod rows;
+mod schedule;
 mod write;
 
 use std::str::FromStr;
@@ -39,10 +40,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reeve_core::{Event, Job, JobFilter, JobId, Page, Timestamp};
+use reeve_schedule::ScheduleStatus;
 use reeve_store::{
-    ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, Leadership, Limits, QueueInfo,
-    QueuePatch, QueueSettings, Result, RunOutput, Signals, StatusCounts, Store, StoreConfig,
-    StoreError,
+    ClaimParams, Enqueued, Finish, FireParams, FireResult, FiringRecord, HeartbeatAck,
+    HeartbeatParams, Leadership, Limits, NextFire, QueueInfo, QueuePatch, QueueSettings, Result,
+    RunOutput, SchedulePut, ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -54,8 +56,14 @@ pub use sqlx::postgres::PgConnectOptions;
 use crate::rows::{EVENT_COLUMNS, JOB_COLUMNS, db_error, event_from_row, job_from_row};
 
 /// The schema, embedded in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "jobs", include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "jobs", include_str!("../migrations/0001_jobs.sql")),
+    (
+        2,
+        "schedules",
+        include_str!("../migrations/0002_schedules.sql"),
+    ),
+];
 
 /// The database's clock in milliseconds since the epoch, plus the offset
 /// bound as `$1`.
@@ -484,7 +492,8 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "SELECT (SELECT min(lease_expires_at) FROM jobs WHERE state = 'running'), \
                     (SELECT min(available_at) FROM jobs WHERE state IN ('scheduled', 'retryable')), \
-                    (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1",
+                    (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1, \
+                    (SELECT min(next_fire_at) FROM schedules WHERE status = 'active')",
         )
         .bind(self.offset())
         .fetch_one(&self.pool)
@@ -493,10 +502,8 @@ impl Store for PostgresStore {
         let lease: Option<i64> = row.try_get(0).map_err(db_error)?;
         let due: Option<i64> = row.try_get(1).map_err(db_error)?;
         let now: i64 = row.try_get(2).map_err(db_error)?;
-        let next = match (lease, due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let fire: Option<i64> = row.try_get(3).map_err(db_error)?;
+        let next = [lease, due, fire].into_iter().flatten().min();
         Ok(next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64)))
     }
 
@@ -697,6 +704,44 @@ impl Store for PostgresStore {
 
     async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64> {
         write::prune(self, older_than, batch).await
+    }
+
+    async fn put_schedule(&self, put: SchedulePut) -> Result<(ScheduleRecord, bool)> {
+        schedule::put_schedule(self, put).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<ScheduleRecord> {
+        schedule::get_schedule(self, name).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        schedule::list_schedules(self).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        schedule::delete_schedule(self, name).await
+    }
+
+    async fn set_schedule_status(
+        &self,
+        name: &str,
+        status: ScheduleStatus,
+        reason: Option<String>,
+        next_fire_at: NextFire,
+    ) -> Result<ScheduleRecord> {
+        schedule::set_schedule_status(self, name, status, reason, next_fire_at).await
+    }
+
+    async fn due_schedules(&self, limit: u32) -> Result<Vec<ScheduleRecord>> {
+        schedule::due_schedules(self, limit).await
+    }
+
+    async fn fire(&self, p: FireParams) -> Result<FireResult> {
+        schedule::fire(self, p).await
+    }
+
+    async fn firings(&self, schedule: &str, limit: u32) -> Result<Vec<FiringRecord>> {
+        schedule::firings(self, schedule, limit).await
     }
 }
 

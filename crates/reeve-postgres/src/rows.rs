@@ -19,7 +19,8 @@ use sqlx::postgres::PgRow;
 pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attempt, max_attempts, epoch, \
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
-    unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at";
+    unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
+    schedule, nominal_at";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -90,6 +91,8 @@ pub fn job_from_row(row: &PgRow) -> Result<Job> {
         cancel_requested_at: ts(col(row, 28)?),
         created_at: Timestamp(col(row, 29)?),
         finished_at: ts(col(row, 30)?),
+        schedule: col(row, 31)?,
+        nominal_at: ts(col(row, 32)?),
     })
 }
 

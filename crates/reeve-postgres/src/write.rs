@@ -34,30 +34,30 @@ use crate::PostgresStore;
 use crate::listen::{DEADLINES_CHANNEL, WORK_CHANNEL};
 use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
 
-type Tx = Transaction<'static, Postgres>;
+pub(crate) type Tx = Transaction<'static, Postgres>;
 
 /// Which wake-ups a transaction publishes (locally after commit, and to
 /// other processes through `pg_notify` inside the transaction).
 #[derive(Debug, Clone, Copy, Default)]
-struct Notify {
+pub(crate) struct Notify {
     work: bool,
     deadlines: bool,
 }
 
 impl Notify {
-    const NONE: Notify = Notify {
+    pub(crate) const NONE: Notify = Notify {
         work: false,
         deadlines: false,
     };
-    const WORK: Notify = Notify {
+    pub(crate) const WORK: Notify = Notify {
         work: true,
         deadlines: false,
     };
-    const DEADLINES: Notify = Notify {
+    pub(crate) const DEADLINES: Notify = Notify {
         work: false,
         deadlines: true,
     };
-    const BOTH: Notify = Notify {
+    pub(crate) const BOTH: Notify = Notify {
         work: true,
         deadlines: true,
     };
@@ -137,7 +137,7 @@ async fn record(
 }
 
 /// Records `events`, commits, then prints their lines and raises `notify`.
-async fn commit(
+pub(crate) async fn commit(
     mut tx: Tx,
     store: &PostgresStore,
     at: i64,
@@ -152,7 +152,7 @@ async fn commit(
 }
 
 /// Ends a transaction that changed nothing.
-async fn rollback(tx: Tx) -> Result<()> {
+pub(crate) async fn rollback(tx: Tx) -> Result<()> {
     tx.rollback().await.map_err(db_error)
 }
 
@@ -233,7 +233,7 @@ pub(crate) async fn enqueue(store: &PostgresStore, jobs: Vec<NewJob>) -> Result<
 /// Inserts a job with a unique key unless a live job holds the key, and then
 /// returns that job. Race-free: `ON CONFLICT DO NOTHING` waits for a
 /// concurrent inserter of the same key to commit or roll back.
-async fn enqueue_unique(tx: &mut Tx, job: Job) -> Result<(Job, bool)> {
+pub(crate) async fn enqueue_unique(tx: &mut Tx, job: Job) -> Result<(Job, bool)> {
     let key = job.unique_key.clone().expect("a unique job");
     let select = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = $1 \
@@ -263,16 +263,16 @@ async fn enqueue_unique(tx: &mut Tx, job: Job) -> Result<(Job, bool)> {
 /// Inserts rows in one statement (one array per column) and returns the new
 /// ids in row order. With `unique`, a row whose unique key a live job holds
 /// is skipped (no id returned for it).
-async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Result<Vec<JobId>> {
+pub(crate) async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Result<Vec<JobId>> {
     let sql = format!(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
            max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
-           max_turns, created_at) \
-         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca \
+           max_turns, created_at, schedule, nominal_at) \
+         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
-                     $13::text[], $14::bigint[], $15::bigint[]) \
-           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca) \
+                     $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[]) \
+           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom) \
          {}RETURNING id",
         if unique {
             "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
@@ -321,6 +321,16 @@ async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Result<Vec<Job
         )
         .bind(jobs.iter().map(|j| j.max_turns).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.created_at.0).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.schedule.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.nominal_at.map(|t| t.0))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;

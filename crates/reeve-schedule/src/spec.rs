@@ -240,6 +240,8 @@ impl JobTemplate {
             command: self.command.clone(),
             max_turns: self.max_turns,
             retry_on: self.retry_on.clone(),
+            schedule: Some(schedule.to_string()),
+            nominal_at: Some(nominal),
         }
     }
 }

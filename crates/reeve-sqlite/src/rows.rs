@@ -11,7 +11,8 @@ use sqlx::sqlite::SqliteRow;
 pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attempt, max_attempts, epoch, \
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
-    unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at";
+    unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
+    schedule, nominal_at";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -80,6 +81,8 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
         cancel_requested_at: ts(row.get(28)),
         created_at: Timestamp(row.get(29)),
         finished_at: ts(row.get(30)),
+        schedule: row.get(31),
+        nominal_at: ts(row.get(32)),
     })
 }
 
@@ -133,7 +136,7 @@ pub const JOB_JSON: &str = "json_object('id', id, 'queue', queue, 'kind', kind, 
     'retry_on', json(retry_on), 'idempotency_key', idempotency_key, 'unique_key', unique_key, \
     'command', json(command), 'max_turns', max_turns, 'turns', turns, 'progress', progress, \
     'result', json(result), 'cancel_requested_at', cancel_requested_at, 'created_at', created_at, \
-    'finished_at', finished_at)";
+    'finished_at', finished_at, 'schedule', schedule, 'nominal_at', nominal_at)";
 
 /// The shape of [`JOB_JSON`].
 #[derive(serde::Deserialize)]
@@ -169,6 +172,8 @@ struct JobJson {
     cancel_requested_at: Option<i64>,
     created_at: i64,
     finished_at: Option<i64>,
+    schedule: Option<String>,
+    nominal_at: Option<i64>,
 }
 
 /// Parses a `json_group_array` of [`JOB_JSON`] objects.
@@ -214,6 +219,8 @@ pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
                 cancel_requested_at: ts(r.cancel_requested_at),
                 created_at: Timestamp(r.created_at),
                 finished_at: ts(r.finished_at),
+                schedule: r.schedule,
+                nominal_at: ts(r.nominal_at),
             })
         })
         .collect()

@@ -25,10 +25,10 @@ use crate::rows::{
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const CHUNK: usize = 500;
-/// Jobs per multi-row insert (15 parameters each).
+/// Jobs per multi-row insert (17 parameters each).
 const INSERT_CHUNK: usize = 1000;
 
-async fn insert_events(
+pub(crate) async fn insert_events(
     tx: &mut Transaction<'static, Sqlite>,
     at: i64,
     events: &[PendingEvent],
@@ -90,7 +90,11 @@ async fn copy_events(
     Ok(())
 }
 
-async fn commit(tx: Transaction<'static, Sqlite>, at: i64, events: &[PendingEvent]) -> Result<()> {
+pub(crate) async fn commit(
+    tx: Transaction<'static, Sqlite>,
+    at: i64,
+    events: &[PendingEvent],
+) -> Result<()> {
     tx.commit().await.map_err(db_error)?;
     emit_committed(events, at);
     Ok(())
@@ -199,17 +203,20 @@ pub(crate) async fn enqueue(store: &SqliteStore, jobs: Vec<NewJob>) -> Result<Ve
 }
 
 /// Inserts rows in one statement and returns their ids in row order.
-async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[&Job]) -> Result<Vec<JobId>> {
+pub(crate) async fn insert_jobs(
+    tx: &mut Transaction<'static, Sqlite>,
+    jobs: &[&Job],
+) -> Result<Vec<JobId>> {
     let mut sql = String::from(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
          max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
-         max_turns, created_at) VALUES ",
+         max_turns, created_at, schedule, nominal_at) VALUES ",
     );
     for i in 0..jobs.len() {
         sql.push_str(if i == 0 {
-            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         } else {
-            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         });
     }
     let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -229,7 +236,9 @@ async fn insert_jobs(tx: &mut Transaction<'static, Sqlite>, jobs: &[&Job]) -> Re
             .bind(j.unique_key.as_deref())
             .bind(j.command.as_ref().map(to_json))
             .bind(j.max_turns)
-            .bind(j.created_at.0);
+            .bind(j.created_at.0)
+            .bind(j.schedule.as_deref())
+            .bind(j.nominal_at.map(|t| t.0));
     }
     let done = q.execute(&mut **tx).await.map_err(db_error)?;
     // One statement under the write lock allocates consecutive ids in row

@@ -6,17 +6,18 @@
 //! runs against that backend. A change to the [`Store`] trait extends this
 //! suite, so all backends are held to the same contract.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reeve_core::job::Availability;
-use reeve_core::{Actor, EventKind, FailureReason, Job, JobFilter, JobState, NewJob};
+use reeve_core::{Actor, EventKind, FailureReason, Job, JobFilter, JobState, NewJob, Timestamp};
+use reeve_schedule::{OverlapPolicy, ScheduleStatus};
 
 use crate::{
-    ClaimParams, Finish, HeartbeatParams, KindFilter, Limits, Outcome, QueuePatch, Store,
-    StoreError,
+    ClaimParams, Finish, FireParams, FireResult, FiringOutcome, HeartbeatParams, KindFilter,
+    Limits, NextFire, Outcome, QueuePatch, SchedulePut, Store, StoreError,
 };
 
 /// A fresh database for one test.
@@ -67,7 +68,17 @@ macro_rules! conformance_suite {
             output_is_kept_per_attempt,
             prune_deletes_only_old_finished_jobs,
             concurrent_claimers_never_exceed_caps,
-            random_operations_keep_invariants
+            random_operations_keep_invariants,
+            schedules_put_get_list_delete,
+            schedule_status_and_due_follow_the_store_clock,
+            fire_inserts_one_job_and_advances,
+            concurrent_firers_make_one_job_per_fire_time,
+            overlap_skip_and_allow,
+            overlap_queue_one_coalesces_into_the_waiting_job,
+            overlap_cancel_previous_requests_the_cancel,
+            skipped_misfire_range_is_one_row,
+            next_due_in_sees_due_schedules,
+            deleting_a_schedule_keeps_its_jobs_and_ledger
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -1466,4 +1477,740 @@ pub async fn random_operations_keep_invariants(h: &impl Harness) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Schedules and the firing ledger (SPEC §7, §11).
+
+fn schedule_spec(name: &str, queue: &str) -> reeve_schedule::ScheduleSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "every": "1m",
+        "job": {"kind": "tick", "queue": queue},
+    }))
+    .expect("a valid spec")
+}
+
+fn put_new(name: &str, queue: &str, next: Option<Timestamp>) -> SchedulePut {
+    SchedulePut {
+        spec: schedule_spec(name, queue),
+        status: None,
+        next_fire_at: NextFire::Set(next),
+        anchor: NextFire::Set(next),
+        max_turns_changed: false,
+    }
+}
+
+/// A firing of `name` (whose job goes to `queue`) at `nominal`, conditioned
+/// on `expected`, moving the schedule to `next`.
+fn firing(
+    name: &str,
+    queue: &str,
+    overlap: OverlapPolicy,
+    expected: Option<Timestamp>,
+    nominal: Timestamp,
+    next: Option<Timestamp>,
+) -> FireParams {
+    let template = schedule_spec(name, queue).validate().expect("valid").job;
+    FireParams {
+        schedule: name.into(),
+        expected_next: expected,
+        nominal,
+        next: match expected {
+            Some(_) => NextFire::Set(next),
+            None => NextFire::Keep,
+        },
+        job: Some(template.new_job(name, nominal)),
+        overlap,
+        outcome: if expected.is_some() {
+            FiringOutcome::Fired
+        } else {
+            FiringOutcome::Manual
+        },
+        skipped_until: None,
+    }
+}
+
+async fn queue_jobs(s: &Arc<dyn Store>, queue: &str) -> Vec<Job> {
+    s.list_jobs(JobFilter {
+        queue: Some(queue.into()),
+        limit: 1000,
+        ..Default::default()
+    })
+    .await
+    .expect("list")
+    .items
+}
+
+fn claim_from(queue: &str) -> ClaimParams {
+    ClaimParams {
+        queues: Some(vec![queue.into()]),
+        ..claim("w", 1)
+    }
+}
+
+fn fired(r: FireResult) -> Job {
+    match r {
+        FireResult::Fired(job) => job,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
+pub async fn schedules_put_get_list_delete(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let t1 = Timestamp(now.0 + 60_000);
+    let (b, created) = s.put_schedule(put_new("b", "qb", Some(t1))).await.unwrap();
+    assert!(created);
+    assert_eq!(b.name, "b");
+    assert_eq!(b.status, ScheduleStatus::Active, "a new schedule is active");
+    assert_eq!((b.next_fire_at, b.anchor), (Some(t1), Some(t1)));
+    assert_eq!((b.generic_streak, b.budget_streak), (0, 0));
+    assert_eq!((b.last_nominal, b.max_turns_set_at), (None, None));
+    assert_eq!(b.spec, schedule_spec("b", "qb"));
+    let (a, created) = s.put_schedule(put_new("a", "qa", None)).await.unwrap();
+    assert!(created);
+    assert_eq!(a.next_fire_at, None);
+
+    // A fire moves last_nominal; an update must keep it and the history.
+    fired(
+        s.fire(firing(
+            "b",
+            "qb",
+            OverlapPolicy::Allow,
+            Some(t1),
+            t1,
+            Some(Timestamp(t1.0 + 60_000)),
+        ))
+        .await
+        .unwrap(),
+    );
+    h.advance(Duration::from_millis(5));
+    let mut changed = schedule_spec("b", "qb");
+    changed.every = Some(Duration::from_secs(120).into());
+    let (b2, created) = s
+        .put_schedule(SchedulePut {
+            spec: changed.clone(),
+            status: None,
+            next_fire_at: NextFire::Keep,
+            anchor: NextFire::Keep,
+            max_turns_changed: true,
+        })
+        .await
+        .unwrap();
+    assert!(!created, "an existing schedule is updated");
+    assert_eq!(b2.spec, changed);
+    assert_eq!(
+        b2.next_fire_at,
+        Some(Timestamp(t1.0 + 60_000)),
+        "Keep keeps next_fire_at"
+    );
+    assert_eq!(b2.anchor, Some(t1), "Keep keeps the anchor");
+    assert_eq!(b2.last_nominal, Some(t1), "an update keeps last_nominal");
+    assert_eq!(b2.created_at, b.created_at, "an update keeps created_at");
+    assert_eq!((b2.generic_streak, b2.budget_streak), (0, 0));
+    assert!(b2.max_turns_set_at.is_some());
+    assert!(b2.updated_at > b.updated_at);
+
+    // A paused schedule stays paused through a put without a status.
+    s.set_schedule_status(
+        "b",
+        ScheduleStatus::Paused,
+        Some("by hand".into()),
+        NextFire::Keep,
+    )
+    .await
+    .unwrap();
+    let (b3, _) = s
+        .put_schedule(SchedulePut {
+            spec: changed.clone(),
+            status: None,
+            next_fire_at: NextFire::Keep,
+            anchor: NextFire::Keep,
+            max_turns_changed: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(b3.status, ScheduleStatus::Paused);
+    assert_eq!(b3.paused_reason.as_deref(), Some("by hand"));
+    assert_eq!(b3.max_turns_set_at, b2.max_turns_set_at);
+    let (b4, _) = s
+        .put_schedule(SchedulePut {
+            spec: changed,
+            status: Some(ScheduleStatus::Active),
+            next_fire_at: NextFire::Set(None),
+            anchor: NextFire::Keep,
+            max_turns_changed: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(b4.status, ScheduleStatus::Active);
+    assert_eq!(b4.paused_reason, None, "resuming clears the reason");
+    assert_eq!(b4.next_fire_at, None, "Set(None) clears next_fire_at");
+
+    assert_eq!(s.get_schedule("b").await.unwrap(), b4);
+    let names: Vec<String> = s
+        .list_schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["a", "b"], "listed by name");
+    assert!(matches!(
+        s.get_schedule("nope").await,
+        Err(StoreError::ScheduleNotFound(n)) if n == "nope"
+    ));
+    assert!(s.delete_schedule("a").await.unwrap());
+    assert!(!s.delete_schedule("a").await.unwrap(), "already gone");
+    assert!(matches!(
+        s.get_schedule("a").await,
+        Err(StoreError::ScheduleNotFound(_))
+    ));
+    assert!(matches!(
+        s.put_schedule(put_new("bad name!", "q", None)).await,
+        Err(StoreError::Input(_))
+    ));
+}
+
+pub async fn schedule_status_and_due_follow_the_store_clock(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let due_at = Timestamp(now.0 + 60_000);
+    s.put_schedule(put_new("soon", "q", Some(due_at)))
+        .await
+        .unwrap();
+    s.put_schedule(put_new("later", "q", Some(Timestamp(now.0 + 600_000))))
+        .await
+        .unwrap();
+    s.put_schedule(put_new("never", "q", None)).await.unwrap();
+    assert!(
+        s.due_schedules(10).await.unwrap().is_empty(),
+        "nothing due yet"
+    );
+    h.advance(Duration::from_secs(61));
+    let due = s.due_schedules(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].name, "soon");
+
+    let paused = s
+        .set_schedule_status(
+            "soon",
+            ScheduleStatus::Paused,
+            Some("3 failures in a row".into()),
+            NextFire::Keep,
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused.status, ScheduleStatus::Paused);
+    assert_eq!(paused.paused_reason.as_deref(), Some("3 failures in a row"));
+    assert_eq!(paused.next_fire_at, Some(due_at));
+    assert!(
+        s.due_schedules(10).await.unwrap().is_empty(),
+        "a paused schedule is never due"
+    );
+    h.advance(Duration::from_secs(600));
+    let due = s.due_schedules(10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["later"]
+    );
+    let resumed = s
+        .set_schedule_status(
+            "soon",
+            ScheduleStatus::Active,
+            Some("ignored".into()),
+            NextFire::Set(Some(due_at)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resumed.paused_reason, None);
+    let due = s.due_schedules(10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["soon", "later"],
+        "earliest first"
+    );
+    assert_eq!(s.due_schedules(1).await.unwrap().len(), 1, "limit applies");
+    assert!(matches!(
+        s.set_schedule_status("nope", ScheduleStatus::Paused, None, NextFire::Keep)
+            .await,
+        Err(StoreError::ScheduleNotFound(_))
+    ));
+}
+
+pub async fn fire_inserts_one_job_and_advances(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let t1 = Timestamp(now.0 - 1_000);
+    let t2 = Timestamp(t1.0 + 60_000);
+    s.put_schedule(put_new("nightly", "qn", Some(t1)))
+        .await
+        .unwrap();
+    let job = fired(
+        s.fire(firing(
+            "nightly",
+            "qn",
+            OverlapPolicy::Skip,
+            Some(t1),
+            t1,
+            Some(t2),
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        job.idempotency_key,
+        reeve_schedule::firing_key("nightly", t1)
+    );
+    assert_eq!(job.schedule.as_deref(), Some("nightly"));
+    assert_eq!(job.nominal_at, Some(t1));
+    assert_eq!(job.state, JobState::Available);
+    assert_eq!(s.get_job(job.id).await.unwrap(), job, "stored as returned");
+    let events = s.job_events(job.id).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, EventKind::Enqueued);
+    let json = serde_json::to_value(&job).unwrap();
+    assert_eq!(
+        json["schedule"], "nightly",
+        "a job's JSON names its schedule"
+    );
+    assert!(json["nominal_at"].is_string() || json["nominal_at"].is_number());
+
+    let ledger = s.firings("nightly", 10).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].outcome, "fired");
+    assert_eq!(ledger[0].nominal_at, t1);
+    assert_eq!(ledger[0].job_id, Some(job.id));
+    assert_eq!(ledger[0].schedule, "nightly");
+    let rec = s.get_schedule("nightly").await.unwrap();
+    assert_eq!(rec.next_fire_at, Some(t2), "next advanced");
+    assert_eq!(rec.last_nominal, Some(t1));
+
+    // A firer that read the old next_fire_at loses, and changes nothing.
+    let lost = s
+        .fire(firing(
+            "nightly",
+            "qn",
+            OverlapPolicy::Allow,
+            Some(t1),
+            t1,
+            Some(t2),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(lost, FireResult::LostRace);
+    assert_eq!(queue_jobs(&s, "qn").await.len(), 1);
+    assert_eq!(s.firings("nightly", 10).await.unwrap().len(), 1);
+    assert_eq!(s.get_schedule("nightly").await.unwrap(), rec);
+
+    // A manual run at a nominal time the ledger holds moves to now.
+    let manual = fired(
+        s.fire(firing(
+            "nightly",
+            "qn",
+            OverlapPolicy::Allow,
+            None,
+            t1,
+            None,
+        ))
+        .await
+        .unwrap(),
+    );
+    let moved = manual.nominal_at.expect("a nominal time");
+    assert!(moved > t1, "moved off the ledger's time");
+    assert_eq!(
+        manual.idempotency_key,
+        reeve_schedule::firing_key("nightly", moved)
+    );
+    let ledger = s.firings("nightly", 10).await.unwrap();
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(ledger[0].outcome, "manual", "newest first");
+    assert_eq!(ledger[0].job_id, Some(manual.id));
+    assert_eq!(
+        s.get_schedule("nightly").await.unwrap().next_fire_at,
+        Some(t2),
+        "a manual run leaves the cadence alone"
+    );
+    assert_eq!(s.firings("nightly", 1).await.unwrap().len(), 1, "limit");
+    assert!(matches!(
+        s.fire(firing("ghost", "qn", OverlapPolicy::Allow, None, t1, None))
+            .await,
+        Err(StoreError::ScheduleNotFound(_))
+    ));
+}
+
+pub async fn concurrent_firers_make_one_job_per_fire_time(h: &impl Harness) {
+    let s = h.store();
+    const TIMES: i64 = 50;
+    let base = Timestamp(s.now().await.unwrap().0 - 3_600_000);
+    let end = Timestamp(base.0 + TIMES * 1000);
+    s.put_schedule(put_new("race", "qr", Some(base)))
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for w in 0..8 {
+        let store = if w % 2 == 0 {
+            s.clone()
+        } else {
+            h.connect().await
+        };
+        handles.push(tokio::spawn(async move {
+            let mut won = 0u32;
+            loop {
+                let rec = store.get_schedule("race").await.expect("get");
+                let next = rec.next_fire_at.expect("a next fire time");
+                if next >= end {
+                    break;
+                }
+                let r = store
+                    .fire(firing(
+                        "race",
+                        "qr",
+                        OverlapPolicy::Allow,
+                        Some(next),
+                        next,
+                        Some(Timestamp(next.0 + 1000)),
+                    ))
+                    .await
+                    .expect("fire");
+                match r {
+                    FireResult::Fired(_) => won += 1,
+                    FireResult::LostRace => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await.expect("firer");
+    }
+    assert_eq!(total as i64, TIMES, "one win per fire time");
+    let jobs = queue_jobs(&s, "qr").await;
+    assert_eq!(jobs.len() as i64, TIMES, "exactly one job per fire time");
+    let nominals: BTreeSet<i64> = jobs
+        .iter()
+        .map(|j| j.nominal_at.expect("nominal").0)
+        .collect();
+    let expected: BTreeSet<i64> = (0..TIMES).map(|k| base.0 + k * 1000).collect();
+    assert_eq!(nominals, expected);
+    let ledger = s.firings("race", 1000).await.unwrap();
+    assert_eq!(ledger.len() as i64, TIMES);
+    assert!(ledger.iter().all(|f| f.outcome == "fired"));
+    let rec = s.get_schedule("race").await.unwrap();
+    assert_eq!(rec.next_fire_at, Some(end));
+    assert_eq!(rec.last_nominal, Some(Timestamp(end.0 - 1000)));
+}
+
+pub async fn overlap_skip_and_allow(h: &impl Harness) {
+    let s = h.store();
+    let t = s.now().await.unwrap();
+    let at = |k: i64| Timestamp(t.0 + k * 60_000);
+    s.put_schedule(put_new("sk", "qs", Some(at(0))))
+        .await
+        .unwrap();
+    let first = fired(
+        s.fire(firing(
+            "sk",
+            "qs",
+            OverlapPolicy::Skip,
+            Some(at(0)),
+            at(0),
+            Some(at(1)),
+        ))
+        .await
+        .unwrap(),
+    );
+    let r = s
+        .fire(firing(
+            "sk",
+            "qs",
+            OverlapPolicy::Skip,
+            Some(at(1)),
+            at(1),
+            Some(at(2)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r, FireResult::Skipped(FiringOutcome::SkippedOverlap));
+    assert_eq!(
+        queue_jobs(&s, "qs").await.len(),
+        1,
+        "no job while one is live"
+    );
+    let ledger = s.firings("sk", 10).await.unwrap();
+    assert_eq!(ledger[0].outcome, "skipped_overlap");
+    assert_eq!(ledger[0].nominal_at, at(1));
+    assert_eq!(ledger[0].job_id, None);
+    assert_eq!(
+        s.get_schedule("sk").await.unwrap().next_fire_at,
+        Some(at(2)),
+        "a skip still advances"
+    );
+    // Once the live job ends, skip fires again.
+    let running = claim_one(&s, "w").await;
+    assert_eq!(running.id, first.id);
+    one(&s, succeed(&running)).await.unwrap();
+    fired(
+        s.fire(firing(
+            "sk",
+            "qs",
+            OverlapPolicy::Skip,
+            Some(at(2)),
+            at(2),
+            Some(at(3)),
+        ))
+        .await
+        .unwrap(),
+    );
+
+    // allow fires beside live jobs.
+    s.put_schedule(put_new("al", "qa", Some(at(0))))
+        .await
+        .unwrap();
+    for k in 0..3 {
+        fired(
+            s.fire(firing(
+                "al",
+                "qa",
+                OverlapPolicy::Allow,
+                Some(at(k)),
+                at(k),
+                Some(at(k + 1)),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    assert_eq!(queue_jobs(&s, "qa").await.len(), 3);
+}
+
+pub async fn overlap_queue_one_coalesces_into_the_waiting_job(h: &impl Harness) {
+    let s = h.store();
+    let t = s.now().await.unwrap();
+    let at = |k: i64| Timestamp(t.0 + k * 60_000);
+    s.put_schedule(put_new("q1", "qq", Some(at(0))))
+        .await
+        .unwrap();
+    let fire = |k: i64| {
+        firing(
+            "q1",
+            "qq",
+            OverlapPolicy::QueueOne,
+            Some(at(k)),
+            at(k),
+            Some(at(k + 1)),
+        )
+    };
+    let a = fired(s.fire(fire(0)).await.unwrap());
+    assert_eq!(
+        s.fire(fire(1)).await.unwrap(),
+        FireResult::Coalesced { into: a.id },
+        "a is still waiting"
+    );
+    let claimed = s.claim(claim_from("qq")).await.unwrap();
+    assert_eq!(claimed[0].id, a.id);
+    let b = fired(s.fire(fire(2)).await.unwrap());
+    assert_eq!(
+        s.fire(fire(3)).await.unwrap(),
+        FireResult::Coalesced { into: b.id },
+        "one waits behind the running one"
+    );
+    assert_eq!(queue_jobs(&s, "qq").await.len(), 2);
+    let ledger = s.firings("q1", 10).await.unwrap();
+    let outcomes: Vec<(&str, Option<i64>)> = ledger
+        .iter()
+        .map(|f| (f.outcome.as_str(), f.job_id))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("coalesced", Some(b.id)),
+            ("fired", Some(b.id)),
+            ("coalesced", Some(a.id)),
+            ("fired", Some(a.id)),
+        ]
+    );
+}
+
+pub async fn overlap_cancel_previous_requests_the_cancel(h: &impl Harness) {
+    let s = h.store();
+    let t = s.now().await.unwrap();
+    let at = |k: i64| Timestamp(t.0 + k * 60_000);
+    s.put_schedule(put_new("cp", "qc", Some(at(0))))
+        .await
+        .unwrap();
+    let fire = |k: i64| {
+        firing(
+            "cp",
+            "qc",
+            OverlapPolicy::CancelPrevious,
+            Some(at(k)),
+            at(k),
+            Some(at(k + 1)),
+        )
+    };
+    let a = fired(s.fire(fire(0)).await.unwrap());
+    let running = s.claim(claim_from("qc")).await.unwrap().remove(0);
+    assert_eq!(running.id, a.id);
+    let b = fired(s.fire(fire(1)).await.unwrap());
+    assert_ne!(a.id, b.id);
+    let a_now = s.get_job(a.id).await.unwrap();
+    assert_eq!(a_now.state, JobState::Running, "the run is asked to stop");
+    assert!(a_now.cancel_requested_at.is_some());
+    assert!(
+        a_now.lease_expires_at.unwrap().0 <= a_now.cancel_requested_at.unwrap().0 + 15_000,
+        "the lease is cut to the cancel grace"
+    );
+    let events = s.job_events(a.id).await.unwrap();
+    assert_eq!(events.last().unwrap().event, EventKind::CancelRequested);
+    // Its write-back now ends it as cancelled.
+    let ended = one(&s, fail(&a_now, FailureReason::Error)).await.unwrap();
+    assert_eq!(ended.state, JobState::Cancelled);
+    assert_eq!(s.get_job(b.id).await.unwrap().state, JobState::Available);
+    assert_eq!(s.firings("cp", 10).await.unwrap()[0].job_id, Some(b.id));
+}
+
+pub async fn skipped_misfire_range_is_one_row(h: &impl Harness) {
+    let s = h.store();
+    let t = s.now().await.unwrap();
+    let at = |k: i64| Timestamp(t.0 - 3_600_000 + k * 60_000);
+    s.put_schedule(put_new("mf", "qm", Some(at(0))))
+        .await
+        .unwrap();
+    let r = s
+        .fire(FireParams {
+            schedule: "mf".into(),
+            expected_next: Some(at(0)),
+            nominal: at(0),
+            next: NextFire::Keep,
+            job: None,
+            overlap: OverlapPolicy::Skip,
+            outcome: FiringOutcome::Fired,
+            skipped_until: Some(at(58)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, FireResult::Skipped(FiringOutcome::SkippedMisfire));
+    fired(
+        s.fire(firing(
+            "mf",
+            "qm",
+            OverlapPolicy::Skip,
+            Some(at(0)),
+            at(59),
+            Some(at(60)),
+        ))
+        .await
+        .unwrap(),
+    );
+    let ledger = s.firings("mf", 10).await.unwrap();
+    assert_eq!(ledger.len(), 2, "59 skipped times and one firing: two rows");
+    assert_eq!(ledger[1].outcome, "skipped_misfire");
+    assert_eq!(
+        (ledger[1].nominal_at, ledger[1].nominal_until),
+        (at(0), Some(at(58)))
+    );
+    assert_eq!(ledger[1].job_id, None);
+    assert_eq!(ledger[0].outcome, "fired");
+    assert_eq!(queue_jobs(&s, "qm").await.len(), 1);
+
+    // Record-only firings record their outcome (a paused fire time).
+    let r = s
+        .fire(FireParams {
+            schedule: "mf".into(),
+            expected_next: Some(at(60)),
+            nominal: at(60),
+            next: NextFire::Set(Some(at(61))),
+            job: None,
+            overlap: OverlapPolicy::Skip,
+            outcome: FiringOutcome::SkippedPaused,
+            skipped_until: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, FireResult::Skipped(FiringOutcome::SkippedPaused));
+    assert_eq!(
+        s.firings("mf", 1).await.unwrap()[0].outcome,
+        "skipped_paused"
+    );
+    assert_eq!(
+        s.get_schedule("mf").await.unwrap().next_fire_at,
+        Some(at(61))
+    );
+}
+
+pub async fn next_due_in_sees_due_schedules(h: &impl Harness) {
+    let s = h.store();
+    assert_eq!(s.next_due_in().await.unwrap(), None);
+    let now = s.now().await.unwrap();
+    s.put_schedule(put_new("tick", "qt", Some(Timestamp(now.0 + 120_000))))
+        .await
+        .unwrap();
+    let d = s.next_due_in().await.unwrap().expect("a due schedule");
+    assert!(
+        d <= Duration::from_secs(120) && d > Duration::from_secs(110),
+        "{d:?}"
+    );
+    s.set_schedule_status("tick", ScheduleStatus::Paused, None, NextFire::Keep)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.next_due_in().await.unwrap(),
+        None,
+        "a paused schedule is not waited for"
+    );
+    s.set_schedule_status("tick", ScheduleStatus::Active, None, NextFire::Keep)
+        .await
+        .unwrap();
+    h.advance(Duration::from_secs(121));
+    assert_eq!(s.next_due_in().await.unwrap(), Some(Duration::ZERO));
+}
+
+pub async fn deleting_a_schedule_keeps_its_jobs_and_ledger(h: &impl Harness) {
+    let s = h.store();
+    let t = s.now().await.unwrap();
+    s.put_schedule(put_new("gone", "qg", Some(t)))
+        .await
+        .unwrap();
+    let job = fired(
+        s.fire(firing(
+            "gone",
+            "qg",
+            OverlapPolicy::Skip,
+            Some(t),
+            t,
+            Some(Timestamp(t.0 + 60_000)),
+        ))
+        .await
+        .unwrap(),
+    );
+    assert!(s.delete_schedule("gone").await.unwrap());
+    assert_eq!(
+        s.get_job(job.id).await.unwrap().schedule.as_deref(),
+        Some("gone")
+    );
+    assert_eq!(s.firings("gone", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.fire(firing(
+            "gone",
+            "qg",
+            OverlapPolicy::Allow,
+            Some(Timestamp(t.0 + 60_000)),
+            Timestamp(t.0 + 60_000),
+            None,
+        ))
+        .await
+        .unwrap(),
+        FireResult::LostRace,
+        "a deleted schedule no longer fires"
+    );
+    assert_eq!(queue_jobs(&s, "qg").await.len(), 1);
+    // Re-created under the same name, it starts fresh but the old ledger
+    // rows are still there.
+    let (again, created) = s.put_schedule(put_new("gone", "qg", None)).await.unwrap();
+    assert!(created);
+    assert_eq!(again.last_nominal, None);
 }

@@ -19,15 +19,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reeve_core::{Event, FailureReason, Job, JobFilter, JobId, JobState, NewJob, Page, Timestamp};
+use reeve_schedule::ScheduleStatus;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod leader;
 pub mod log;
+pub mod schedule;
 pub mod transition;
 
 pub use leader::{Leadership, SoleLeader};
+pub use schedule::{
+    FireParams, FireResult, FiringOutcome, FiringRecord, NextFire, SchedulePut, ScheduleRecord,
+};
 
 /// Errors of the store: domain refusals (nothing changed) and infrastructure
 /// failures.
@@ -35,6 +40,8 @@ pub use leader::{Leadership, SoleLeader};
 pub enum StoreError {
     #[error("job {0} not found")]
     NotFound(JobId),
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(String),
     /// A write carried an epoch that is not the job's current one. `expected`
     /// is the job's current epoch, `actual` the epoch the writer presented.
     #[error("stale epoch: the job is at epoch {expected}, the write carried {actual}")]
@@ -284,8 +291,9 @@ pub trait Store: Send + Sync + 'static {
     /// to `available`; returns how many moved.
     async fn promote_due(&self, limit: u32) -> Result<u64>;
 
-    /// Time until the next lease expiry or due job, `Some(ZERO)` if one is
-    /// already due, `None` if nothing is pending.
+    /// Time until the next lease expiry, due job or due schedule
+    /// (`next_fire_at` of an active one), `Some(ZERO)` if one is already due,
+    /// `None` if nothing is pending.
     async fn next_due_in(&self) -> Result<Option<Duration>>;
 
     async fn get_job(&self, id: JobId) -> Result<Job>;
@@ -302,6 +310,45 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes terminal jobs (with their events and output) finished more than
     /// `older_than` ago, at most `batch` jobs per call; returns how many.
     async fn prune(&self, older_than: Duration, batch: u32) -> Result<u64>;
+
+    /// Upserts a schedule by `spec.name` in one statement; answers the row
+    /// and whether it was created. Never touches an existing row's streaks,
+    /// `last_nominal` or `created_at`.
+    async fn put_schedule(&self, put: SchedulePut) -> Result<(ScheduleRecord, bool)>;
+
+    /// [`StoreError::ScheduleNotFound`] when there is none.
+    async fn get_schedule(&self, name: &str) -> Result<ScheduleRecord>;
+
+    /// Every schedule, by name.
+    async fn list_schedules(&self) -> Result<Vec<ScheduleRecord>>;
+
+    /// Deletes a schedule (its jobs and ledger rows stay); false when there
+    /// was none.
+    async fn delete_schedule(&self, name: &str) -> Result<bool>;
+
+    /// Sets a schedule's status and paused reason (cleared when `active`),
+    /// and its `next_fire_at` per `next_fire_at`, in one statement.
+    async fn set_schedule_status(
+        &self,
+        name: &str,
+        status: ScheduleStatus,
+        reason: Option<String>,
+        next_fire_at: NextFire,
+    ) -> Result<ScheduleRecord>;
+
+    /// Up to `limit` active schedules whose `next_fire_at` has come (the
+    /// store's clock), earliest first.
+    async fn due_schedules(&self, limit: u32) -> Result<Vec<ScheduleRecord>>;
+
+    /// Fires a schedule in one transaction: checks `expected_next` against
+    /// the stored `next_fire_at` (else [`FireResult::LostRace`], nothing
+    /// changed), applies the overlap policy against the schedule's live jobs,
+    /// inserts the job (as [`Store::enqueue`] does, with its schedule and
+    /// nominal time), writes the ledger row and advances `next_fire_at`.
+    async fn fire(&self, p: FireParams) -> Result<FireResult>;
+
+    /// The newest `limit` ledger rows of a schedule, newest first.
+    async fn firings(&self, schedule: &str, limit: u32) -> Result<Vec<FiringRecord>>;
 }
 
 /// Wake-ups a store publishes after a commit. Both are version counters

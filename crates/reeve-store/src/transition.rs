@@ -129,6 +129,8 @@ pub fn materialize(config: &StoreConfig, nj: NewJob, now: i64) -> Job {
         cancel_requested_at: None,
         created_at: Timestamp(now),
         finished_at: None,
+        schedule: nj.schedule,
+        nominal_at: nj.nominal_at,
     }
 }
 
