@@ -19,6 +19,7 @@
 
 mod completer;
 mod dispatch;
+mod firing;
 mod leader;
 mod maintenance;
 pub mod process;

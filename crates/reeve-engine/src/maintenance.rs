@@ -1,4 +1,5 @@
-//! Maintenance: promote due jobs, reap expired leases, prune old jobs.
+//! Maintenance: fire due schedules, promote due jobs, reap expired leases,
+//! prune old jobs.
 //!
 //! The loop sleeps until the store's next deadline (the earliest lease expiry
 //! or due job) or until the store signals that a deadline may have moved
@@ -40,6 +41,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         deadlines.borrow_and_update();
         let mut failed = false;
+        failed |= !crate::firing::fire_due(&inner.store).await;
         failed |= !promote(&inner).await;
         failed |= !reap(&inner).await;
         if Instant::now() >= next_prune {

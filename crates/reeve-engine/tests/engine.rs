@@ -428,3 +428,148 @@ async fn unknown_programs_fail_with_spawn_failed() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+fn every_second(name: &str) -> reeve_schedule::ScheduleSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "every": "1s",
+        "job": {"kind": "noop"}
+    }))
+    .unwrap()
+}
+
+/// Two engines maintain the same store (as two daemons on one SQLite file
+/// would): a 1-second schedule fires once per nominal second, never twice,
+/// at the due instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_once_per_nominal_time() {
+    let (_dir, store) = store().await;
+    let now = store.now().await.unwrap();
+    let first = reeve_core::Timestamp((now.0 / 1000 + 1) * 1000);
+    store
+        .put_schedule(reeve_store::SchedulePut {
+            spec: every_second("tick"),
+            status: None,
+            next_fire_at: reeve_store::NextFire::Set(Some(first)),
+            anchor: reeve_store::NextFire::Keep,
+            max_turns_changed: false,
+        })
+        .await
+        .unwrap();
+    let a = Engine::start(
+        store.clone(),
+        EngineConfig::new("a"),
+        Handlers::new().kind("noop", Arc::new(Noop)),
+    );
+    let b = Engine::start(
+        store.clone(),
+        EngineConfig::new("b"),
+        Handlers::new().kind("noop", Arc::new(Noop)),
+    );
+    eventually("five firings", || async {
+        store
+            .list_jobs(reeve_core::JobFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .len()
+            >= 5
+    })
+    .await;
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+    let jobs = store
+        .list_jobs(reeve_core::JobFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let mut nominals: Vec<i64> = jobs.iter().map(|j| j.nominal_at.unwrap().0).collect();
+    nominals.sort();
+    assert!(
+        nominals.windows(2).all(|w| w[1] - w[0] == 1000),
+        "one job per second, none twice: {nominals:?}"
+    );
+    for j in &jobs {
+        assert_eq!(j.schedule.as_deref(), Some("tick"));
+        assert_eq!(
+            j.idempotency_key,
+            reeve_schedule::firing_key("tick", j.nominal_at.unwrap())
+        );
+        // Created at the due instant, not on a polling tick.
+        let lag = j.created_at.0 - j.nominal_at.unwrap().0;
+        assert!(
+            (0..1000).contains(&lag),
+            "fired {lag} ms after its nominal time"
+        );
+    }
+}
+
+/// After downtime, `fire_once` fires only the latest missed time and records
+/// the others as one skipped range; the next fire time is in the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_fire_times_follow_the_misfire_policy() {
+    let (_dir, store) = store().await;
+    let now = store.now().await.unwrap();
+    let minute = 60_000;
+    let first_missed = reeve_core::Timestamp((now.0 / minute - 10) * minute);
+    let spec: reeve_schedule::ScheduleSpec = serde_json::from_value(serde_json::json!({
+        "name": "sync", "every": "1m", "job": {"kind": "noop"}
+    }))
+    .unwrap();
+    store
+        .put_schedule(reeve_store::SchedulePut {
+            spec,
+            status: None,
+            next_fire_at: reeve_store::NextFire::Set(Some(first_missed)),
+            anchor: reeve_store::NextFire::Keep,
+            max_turns_changed: false,
+        })
+        .await
+        .unwrap();
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("a"),
+        Handlers::new().kind("noop", Arc::new(Noop)),
+    );
+    eventually("the missed times handled", || async {
+        store
+            .get_schedule("sync")
+            .await
+            .unwrap()
+            .next_fire_at
+            .is_some_and(|n| n > now)
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+    let jobs = store
+        .list_jobs(reeve_core::JobFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(jobs.len(), 1, "fire_once: one job for ten missed minutes");
+    let ledger = store.firings("sync", 100).await.unwrap();
+    let skipped: Vec<_> = ledger
+        .iter()
+        .filter(|f| f.outcome == "skipped_misfire")
+        .collect();
+    assert_eq!(
+        skipped.len(),
+        1,
+        "the skipped times are one row: {ledger:?}"
+    );
+    assert_eq!(skipped[0].nominal_at, first_missed);
+    assert!(
+        skipped[0]
+            .nominal_until
+            .is_some_and(|u| u < jobs[0].nominal_at.unwrap())
+    );
+}
