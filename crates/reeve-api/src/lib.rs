@@ -28,6 +28,7 @@ mod admin;
 mod error;
 mod extract;
 mod jobs;
+mod schedules;
 
 use std::fmt;
 use std::sync::Arc;
@@ -145,6 +146,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{name}/pause", post(admin::pause_queue))
         .route("/v1/queues/{name}/resume", post(admin::resume_queue))
         .route("/v1/limits", get(admin::get_limits).put(admin::put_limits))
+        .route("/v1/schedules", get(schedules::list))
+        .route("/v1/schedules/apply", post(schedules::apply))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::show).delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(admin::healthz))

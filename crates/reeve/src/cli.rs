@@ -58,6 +58,11 @@ pub enum Command {
     Limits(LimitsCommand),
     /// Running jobs, limits and queue depths.
     Status,
+    /// Create or update schedules from TOML or JSON files (all or nothing).
+    Apply(ApplyArgs),
+    /// Inspect and control schedules.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Measure the store: enqueue and processing throughput, idle latency.
     Bench(BenchArgs),
     /// Apply the database migrations and exit (`serve` also applies them).
@@ -143,6 +148,33 @@ pub enum JobsCommand {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// A schedule file (.toml or .json) or a directory of them.
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Delete schedules that are not in the files.
+    #[arg(long)]
+    pub prune: bool,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Schedules with their rule, status and next fire time.
+    List,
+    /// One schedule with its firing ledger.
+    Show { name: String },
+    /// Stop firing a schedule.
+    Pause { name: String },
+    /// Fire a paused schedule again (from its next fire time after now).
+    Resume { name: String },
+    /// Delete a schedule (its jobs and ledger stay).
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

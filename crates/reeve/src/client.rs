@@ -29,7 +29,10 @@ use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::cli::{Command, EnqueueArgs, GlobalArgs, JobsCommand, LimitsCommand, QueuesCommand};
+use crate::cli::{
+    ApplyArgs, Command, EnqueueArgs, GlobalArgs, JobsCommand, LimitsCommand, QueuesCommand,
+    SchedulesCommand,
+};
 
 /// How often `jobs logs --follow` polls.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
@@ -65,6 +68,8 @@ async fn dispatch(api: &Api, json: bool, command: Command) -> Result<(), Fail> {
         Command::Queues(cmd) => queues(api, json, cmd).await,
         Command::Limits(cmd) => limits(api, json, cmd).await,
         Command::Status => status(api, json).await,
+        Command::Apply(args) => apply(api, json, args).await,
+        Command::Schedules(cmd) => schedules(api, json, cmd).await,
         Command::Serve(_) | Command::Bench(_) | Command::Migrate(_) => {
             Err(Fail::usage("`serve` and `bench` are not client commands"))
         }
@@ -853,6 +858,171 @@ async fn queues(api: &Api, json: bool, command: QueuesCommand) -> Result<(), Fai
             let path = format!("/v1/queues/{}/resume", encode(&queue));
             let answer = api.write(Method::POST, &path, None).await?;
             (format!("resumed queue {queue}\n"), answer)
+        }
+    };
+    if json {
+        emit(&pretty(&answer))
+    } else {
+        emit(&line)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Schedules
+
+/// Reads FILE or DIR (its `*.toml` and `*.json`, sorted) as (path, text).
+fn read_schedule_files(paths: &[std::path::PathBuf]) -> Result<Vec<(String, String)>, Fail> {
+    let mut files = Vec::new();
+    for path in paths {
+        let entries: Vec<std::path::PathBuf> = if path.is_dir() {
+            let mut found: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| Fail::usage(format!("-f {}: {e}", path.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|x| x.to_str()),
+                        Some("toml" | "json")
+                    )
+                })
+                .collect();
+            found.sort();
+            found
+        } else {
+            vec![path.clone()]
+        };
+        for file in entries {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Fail::usage(format!("-f {}: {e}", file.display())))?;
+            files.push((file.display().to_string(), text));
+        }
+    }
+    Ok(files)
+}
+
+async fn apply(api: &Api, json: bool, args: ApplyArgs) -> Result<(), Fail> {
+    let files = read_schedule_files(&args.files)?;
+    // Every file is parsed and validated first: one error anywhere and
+    // nothing is sent.
+    let loaded =
+        reeve_schedule::load_all(&files).map_err(|errors| Fail::usage(errors.to_string()))?;
+    let specs: Vec<&reeve_schedule::ScheduleSpec> = loaded.iter().map(|l| &l.spec).collect();
+    let body = json!({ "schedules": specs, "prune": args.prune, "dry_run": args.dry_run });
+    let answer = api
+        .write(Method::POST, "/v1/schedules/apply", Some(&body))
+        .await?;
+    if json {
+        return emit(&pretty(&answer));
+    }
+    let mut out = String::new();
+    let names = |key: &str| -> Vec<String> { items(&answer[key]).iter().map(text).collect() };
+    for name in names("created") {
+        out.push_str(&format!("created    {name}\n"));
+    }
+    for changed in items(&answer["changed"]) {
+        let fields: Vec<String> = items(&changed["fields"]).iter().map(text).collect();
+        out.push_str(&format!(
+            "changed    {} ({})\n",
+            text(&changed["name"]),
+            fields.join(", ")
+        ));
+    }
+    for name in names("unchanged") {
+        out.push_str(&format!("unchanged  {name}\n"));
+    }
+    for name in names("deleted") {
+        out.push_str(&format!("deleted    {name}\n"));
+    }
+    if args.dry_run {
+        out.push_str("(dry run: nothing was changed)\n");
+    }
+    emit(&out)
+}
+
+fn schedule_table(schedules: &Value, now: Timestamp) -> String {
+    let rows: Vec<Vec<String>> = items(schedules)
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["name"]),
+                text(&s["status"]),
+                text(&s["rule"]),
+                when(&s["next_fire_at"], now),
+                format!(
+                    "{}/{}",
+                    text(&s["generic_streak"]),
+                    text(&s["budget_streak"])
+                ),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATUS", "RULE", "NEXT", "STREAKS"], &rows)
+}
+
+async fn schedules(api: &Api, json: bool, command: SchedulesCommand) -> Result<(), Fail> {
+    let path = |name: &str, action: &str| format!("/v1/schedules/{}{action}", encode(name));
+    let (line, answer) = match command {
+        SchedulesCommand::List => {
+            let body = api.get("/v1/schedules", &[]).await?;
+            return if json {
+                emit(&pretty(&body))
+            } else {
+                emit(&schedule_table(&body["schedules"], Timestamp::now()))
+            };
+        }
+        SchedulesCommand::Show { name } => {
+            let body = api.get(&path(&name, ""), &[]).await?;
+            if json {
+                return emit(&pretty(&body));
+            }
+            let s = &body["schedule"];
+            let now = Timestamp::now();
+            let mut out = key_values(&[
+                ("name", text(&s["name"])),
+                ("rule", text(&s["rule"])),
+                ("status", text(&s["status"])),
+                ("paused_reason", text(&s["paused_reason"])),
+                ("next_fire_at", when(&s["next_fire_at"], now)),
+                ("last_nominal", when(&s["last_nominal"], now)),
+                (
+                    "streaks",
+                    format!(
+                        "generic {}, budget {}",
+                        text(&s["generic_streak"]),
+                        text(&s["budget_streak"])
+                    ),
+                ),
+                ("job", one_line(&s["spec"]["job"].to_string())),
+            ]);
+            let rows: Vec<Vec<String>> = items(&body["firings"])
+                .iter()
+                .map(|f| {
+                    vec![
+                        text(&f["nominal_at"]),
+                        text(&f["outcome"]),
+                        text(&f["job_id"]),
+                        text(&f["nominal_until"]),
+                    ]
+                })
+                .collect();
+            out.push_str("\nfirings:\n");
+            out.push_str(&table(&["NOMINAL", "OUTCOME", "JOB", "UNTIL"], &rows));
+            return emit(&out);
+        }
+        SchedulesCommand::Pause { name } => {
+            let answer = api
+                .write(Method::POST, &path(&name, "/pause"), None)
+                .await?;
+            (format!("paused schedule {name}\n"), answer)
+        }
+        SchedulesCommand::Resume { name } => {
+            let answer = api
+                .write(Method::POST, &path(&name, "/resume"), None)
+                .await?;
+            (format!("resumed schedule {name}\n"), answer)
+        }
+        SchedulesCommand::Delete { name } => {
+            let answer = api.write(Method::DELETE, &path(&name, ""), None).await?;
+            (format!("deleted schedule {name}\n"), answer)
         }
     };
     if json {
