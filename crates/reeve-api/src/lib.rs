@@ -30,6 +30,8 @@ mod extract;
 mod jobs;
 mod schedules;
 
+pub use schedules::{ApplyResponse, ChangedSchedule, apply_specs};
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;

@@ -79,19 +79,20 @@ pub(crate) struct ApplyRequest {
     dry_run: bool,
 }
 
+/// What an apply did (or, with `dry_run`, would do).
 #[derive(Debug, Default, Serialize)]
-pub(crate) struct ApplyResponse {
-    created: Vec<String>,
-    changed: Vec<ChangedSchedule>,
-    unchanged: Vec<String>,
-    deleted: Vec<String>,
-    dry_run: bool,
+pub struct ApplyResponse {
+    pub created: Vec<String>,
+    pub changed: Vec<ChangedSchedule>,
+    pub unchanged: Vec<String>,
+    pub deleted: Vec<String>,
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct ChangedSchedule {
-    name: String,
-    fields: Vec<&'static str>,
+pub struct ChangedSchedule {
+    pub name: String,
+    pub fields: Vec<&'static str>,
 }
 
 /// `POST /v1/schedules/apply`: upsert every schedule of the request (and with
@@ -100,11 +101,31 @@ pub(crate) async fn apply(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ApplyRequest>,
 ) -> ApiResult<Json<ApplyResponse>> {
-    let mut valid: Vec<(ScheduleSpec, ValidSchedule)> = Vec::with_capacity(req.schedules.len());
+    let out = apply_specs(
+        state.store.as_ref(),
+        req.schedules,
+        req.prune,
+        req.dry_run,
+        state.config.max_payload_bytes,
+    )
+    .await?;
+    Ok(Json(out))
+}
+
+/// The apply itself, shared by the endpoint and the daemon's start-up
+/// (`[server] schedules`): validate everything, then upsert.
+pub async fn apply_specs(
+    store: &dyn reeve_store::Store,
+    specs: Vec<ScheduleSpec>,
+    prune: bool,
+    dry_run: bool,
+    max_payload_bytes: usize,
+) -> Result<ApplyResponse, ApiError> {
+    let mut valid: Vec<(ScheduleSpec, ValidSchedule)> = Vec::with_capacity(specs.len());
     let mut names = HashSet::new();
-    for (i, spec) in req.schedules.into_iter().enumerate() {
+    for (i, spec) in specs.into_iter().enumerate() {
         let v = spec
-            .validate_with_limit(state.config.max_payload_bytes)
+            .validate_with_limit(max_payload_bytes)
             .map_err(|e| InputError::new(format!("schedules[{i}].{}", e.field), e.message))?;
         if !names.insert(v.name.clone()) {
             return Err(InputError::new(
@@ -115,16 +136,15 @@ pub(crate) async fn apply(
         }
         valid.push((spec, v));
     }
-    let existing: HashMap<String, ScheduleRecord> = state
-        .store
+    let existing: HashMap<String, ScheduleRecord> = store
         .list_schedules()
         .await?
         .into_iter()
         .map(|r| (r.name.clone(), r))
         .collect();
-    let now = state.store.now().await?;
+    let now = store.now().await?;
     let mut out = ApplyResponse {
-        dry_run: req.dry_run,
+        dry_run,
         ..Default::default()
     };
     for (spec, new) in valid {
@@ -177,21 +197,21 @@ pub(crate) async fn apply(
                 }
             }
         };
-        if !req.dry_run {
-            state.store.put_schedule(put).await?;
+        if !dry_run {
+            store.put_schedule(put).await?;
         }
     }
-    if req.prune {
+    if prune {
         let mut gone: Vec<&String> = existing.keys().filter(|n| !names.contains(*n)).collect();
         gone.sort();
         for name in gone {
-            if !req.dry_run {
-                state.store.delete_schedule(name).await?;
+            if !dry_run {
+                store.delete_schedule(name).await?;
             }
             out.deleted.push(name.clone());
         }
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// `POST /v1/schedules/{name}/pause`.

@@ -870,37 +870,9 @@ async fn queues(api: &Api, json: bool, command: QueuesCommand) -> Result<(), Fai
 // ---------------------------------------------------------------------------
 // Schedules
 
-/// Reads FILE or DIR (its `*.toml` and `*.json`, sorted) as (path, text).
-fn read_schedule_files(paths: &[std::path::PathBuf]) -> Result<Vec<(String, String)>, Fail> {
-    let mut files = Vec::new();
-    for path in paths {
-        let entries: Vec<std::path::PathBuf> = if path.is_dir() {
-            let mut found: Vec<_> = std::fs::read_dir(path)
-                .map_err(|e| Fail::usage(format!("-f {}: {e}", path.display())))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    matches!(
-                        p.extension().and_then(|x| x.to_str()),
-                        Some("toml" | "json")
-                    )
-                })
-                .collect();
-            found.sort();
-            found
-        } else {
-            vec![path.clone()]
-        };
-        for file in entries {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| Fail::usage(format!("-f {}: {e}", file.display())))?;
-            files.push((file.display().to_string(), text));
-        }
-    }
-    Ok(files)
-}
-
 async fn apply(api: &Api, json: bool, args: ApplyArgs) -> Result<(), Fail> {
-    let files = read_schedule_files(&args.files)?;
+    let files =
+        crate::schedule_files::read(&args.files).map_err(|e| Fail::usage(format!("-f {e}")))?;
     // Every file is parsed and validated first: one error anywhere and
     // nothing is sent.
     let loaded =

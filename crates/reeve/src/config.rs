@@ -49,6 +49,9 @@ pub struct RawServer {
     pub admin_token_file: Option<PathBuf>,
     pub max_request_bytes: Option<usize>,
     pub max_payload_bytes: Option<usize>,
+    /// Schedule files or directories applied at start (like `reeve apply`).
+    #[serde(default)]
+    pub schedules: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +123,8 @@ pub struct Config {
     pub global_limit: Option<u32>,
     pub queues: BTreeMap<String, RawQueueSettings>,
     pub kinds: HashMap<String, CommandTemplate>,
+    /// Schedules applied at start, already parsed and validated.
+    pub schedules: Vec<reeve_schedule::ScheduleSpec>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +234,15 @@ impl Config {
                 },
             );
         }
+        let schedule_files = crate::schedule_files::read(&raw.server.schedules)
+            .map_err(|e| anyhow::anyhow!("server.schedules: {e}"))?;
+        let schedules = reeve_schedule::load_all(&schedule_files)
+            .map_err(|e| anyhow::anyhow!("server.schedules: {e}"))?
+            .into_iter()
+            .map(|l| l.spec)
+            .collect();
         Ok(Config {
+            schedules,
             listen,
             database,
             admin_token,

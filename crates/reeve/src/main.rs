@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod config;
 mod database;
+mod schedule_files;
 mod serve;
 
 use clap::Parser;

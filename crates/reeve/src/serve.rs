@@ -91,6 +91,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     )?;
     let store = config.database.open(config.store.clone()).await?;
     apply_settings(store.as_ref(), &config).await?;
+    if !config.schedules.is_empty() {
+        let applied = reeve_api::apply_specs(
+            store.as_ref(),
+            config.schedules.clone(),
+            false,
+            false,
+            config.max_payload_bytes,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("server.schedules: {e:?}"))?;
+        tracing::info!(
+            created = applied.created.len(),
+            changed = applied.changed.len(),
+            unchanged = applied.unchanged.len(),
+            "schedules applied"
+        );
+    }
 
     let url = format!("http://{}", config.listen);
     let handler = Arc::new(ProcessHandler::new(

@@ -336,6 +336,10 @@ fn bad_config_stops_startup_naming_the_key() {
             "heartbeat_timeout",
         ),
         ("[server]\nlisten = \"0.0.0.0:7433\"\n", "server.listen"),
+        (
+            "[server]\nschedules = [\"/nonexistent/schedules\"]\n",
+            "server.schedules",
+        ),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
