@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, pid_alive, wait_until};
+use common::{BIN, Daemon, cli, pid_alive, wait_until};
 use serde_json::{Value, json};
 
 const BASE_CONFIG: &str = "[retry]\nbase = \"200ms\"\nmax = \"1s\"\njitter = 0.0\n[executor]\nslots = 4\nkill_grace = \"1s\"\n";
@@ -357,20 +357,6 @@ fn bad_config_stops_startup_naming_the_key() {
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
         assert!(!db.exists(), "nothing is created on a bad config");
     }
-}
-
-fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("REEVE_URL", url)
-        .env_remove("REEVE_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The CLI end to end: enqueue an ad-hoc command, follow it, inspect it,

@@ -4,25 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{BIN, Daemon, wait_until};
+use common::{Daemon, cli, wait_until};
 use serde_json::Value;
-
-fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("REEVE_URL", url)
-        .env_remove("REEVE_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn apply_is_idempotent_all_or_nothing_and_schedules_fire() {

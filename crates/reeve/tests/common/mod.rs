@@ -178,3 +178,18 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 pub fn pid_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
+
+/// Runs the `reeve` CLI against `url`: (exit code, stdout, stderr).
+pub fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("REEVE_URL", url)
+        .env_remove("REEVE_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
