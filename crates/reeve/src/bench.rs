@@ -83,6 +83,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             (database.open(StoreConfig::default()).await?, None)
         };
 
+    if let Some(firings) = args.firings {
+        let result = firing_lag(dyn_store.clone(), firings, args.json).await;
+        match throwaway {
+            Some(pg) => pg.drop_schema_and_close().await?,
+            None => dyn_store.close().await,
+        }
+        return result;
+    }
+
     // 1. Enqueue.
     let started = Instant::now();
     let mut left = args.jobs;
@@ -189,6 +198,97 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         );
         println!("idle latency p50   {:>10.3} ms", report.latency_ms_p50);
         println!("idle latency p99   {:>10.3} ms", report.latency_ms_p99);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct FiringReport {
+    backend: String,
+    firings: usize,
+    firing_lag_ms_p50: f64,
+    firing_lag_ms_p99: f64,
+    firing_lag_ms_max: f64,
+}
+
+/// Lag from each nominal fire time of a 1-second schedule to its job's
+/// creation (both on the store's clock), on an otherwise idle daemon.
+async fn firing_lag(
+    store: Arc<dyn Store>,
+    firings: u32,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(firings > 0, "--firings must be at least 1");
+    let spec: reeve_schedule::ScheduleSpec = serde_json::from_value(
+        serde_json::json!({"name": "bench-tick", "every": "1s", "job": {"kind": "noop"}}),
+    )?;
+    let now = store.now().await?;
+    store
+        .put_schedule(reeve_store::SchedulePut {
+            next_fire_at: reeve_store::NextFire::Set(Some(reeve_core::Timestamp(
+                (now.0 / 1000 + 1) * 1000,
+            ))),
+            anchor: reeve_store::NextFire::Keep,
+            max_turns_changed: false,
+            status: None,
+            spec,
+        })
+        .await?;
+    let mut config = engine_config("bench-firing".into());
+    config.maintenance = true;
+    let ran = Arc::new(AtomicU64::new(0));
+    let engine = Engine::start(
+        store.clone(),
+        config,
+        Handlers::new().kind("noop", Arc::new(Noop(ran))),
+    );
+    let filter = |before| reeve_core::JobFilter {
+        kind: Some("noop".into()),
+        before_id: before,
+        limit: 1000,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(u64::from(firings) * 2 + 60);
+    loop {
+        let status = store.status().await?;
+        let made: u64 = status.by_state.values().sum();
+        if made >= u64::from(firings) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the schedule stopped firing");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+    let mut lags = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.list_jobs(filter(before)).await?;
+        lags.extend(
+            page.items
+                .iter()
+                .filter_map(|j| Some((j.created_at.0 - j.nominal_at?.0) as f64)),
+        );
+        match page.next_before_id {
+            Some(id) => before = Some(id),
+            None => break,
+        }
+    }
+    lags.sort_by(f64::total_cmp);
+    let pct = |p: f64| lags[((lags.len() as f64 - 1.0) * p).round() as usize];
+    let report = FiringReport {
+        backend: store.backend().to_string(),
+        firings: lags.len(),
+        firing_lag_ms_p50: pct(0.5),
+        firing_lag_ms_p99: pct(0.99),
+        firing_lag_ms_max: pct(1.0),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("firings            {}", report.firings);
+        println!("firing lag p50     {:>8.1} ms", report.firing_lag_ms_p50);
+        println!("firing lag p99     {:>8.1} ms", report.firing_lag_ms_p99);
+        println!("firing lag max     {:>8.1} ms", report.firing_lag_ms_max);
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -219,6 +219,10 @@ pub struct BenchArgs {
     /// Idle-latency samples (after 20 warm-up samples).
     #[arg(long, default_value_t = 200)]
     pub samples: u32,
+    /// Instead of the throughput figures, measure schedule firing lag over
+    /// this many firings of a 1-second schedule on an idle daemon.
+    #[arg(long)]
+    pub firings: Option<u32>,
     #[arg(long)]
     pub json: bool,
 }
