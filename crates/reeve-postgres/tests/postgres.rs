@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reeve_core::{EventKind, Job, JobState, NewJob};
+use reeve_core::NewJob;
 use reeve_postgres::{PostgresOptions, PostgresStore};
-use reeve_store::{ClaimParams, Finish, KindFilter, Limits, Outcome, QueuePatch, Store};
+use reeve_store::{ClaimParams, KindFilter, Limits, QueuePatch, Store, conformance};
 use tokio::sync::watch;
 
 fn claim(worker: &str, limit: u32) -> ClaimParams {
@@ -22,15 +21,6 @@ fn claim(worker: &str, limit: u32) -> ClaimParams {
         kinds: KindFilter::Any,
         limit,
         heartbeats: true,
-    }
-}
-
-fn succeed(job: &Job) -> Finish {
-    Finish {
-        job: job.id,
-        epoch: job.epoch,
-        outcome: Outcome::Succeeded { result: None },
-        output: None,
     }
 }
 
@@ -169,37 +159,12 @@ async fn claimers_in_separate_stores_never_exceed_caps() {
     for w in 0..8 {
         let store = stores[w % 4].clone();
         let sampler = stores[(w + 1) % 4].clone();
-        handles.push(tokio::spawn(async move {
-            let mut done = 0usize;
-            let mut idle_rounds = 0;
-            while idle_rounds < 200 {
-                let claimed = store
-                    .claim(claim(&format!("w{w}"), 2))
-                    .await
-                    .expect("claim");
-                if claimed.is_empty() {
-                    idle_rounds += 1;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    continue;
-                }
-                idle_rounds = 0;
-                let running = sampler.status().await.expect("status").running;
-                assert!(
-                    running <= 2,
-                    "sampled {running} running jobs under a global cap of 2"
-                );
-                tokio::task::yield_now().await;
-                let answers = store
-                    .finish(claimed.iter().map(succeed).collect())
-                    .await
-                    .expect("finish");
-                for a in answers {
-                    a.expect("the owner's completion is accepted");
-                    done += 1;
-                }
-            }
-            done
-        }));
+        handles.push(tokio::spawn(conformance::claim_and_complete_until_idle(
+            store,
+            sampler,
+            format!("w{w}"),
+            2,
+        )));
     }
     let mut total = 0;
     for handle in handles {
@@ -210,42 +175,8 @@ async fn claimers_in_separate_stores_never_exceed_caps() {
         started.elapsed()
     );
     assert_eq!(total, JOBS, "every job completed exactly once");
-    let mut all = Vec::new();
-    for id in &ids {
-        let events = s.job_events(*id).await.unwrap();
-        let succeeded = events
-            .iter()
-            .filter(|e| e.event == EventKind::Succeeded)
-            .count();
-        assert_eq!(succeeded, 1, "job {id} succeeded exactly once");
-        let job = s.get_job(*id).await.unwrap();
-        assert_eq!(job.state, JobState::Succeeded);
-        all.extend(events.into_iter().map(|e| (e, job.queue.clone())));
-    }
-    all.sort_by_key(|(e, _)| e.id);
-    let mut running_total = 0i64;
-    let mut running_by_queue: HashMap<String, i64> = HashMap::new();
-    let mut max_total = 0;
-    for (e, q) in &all {
-        let delta = match e.event {
-            EventKind::Claimed => 1,
-            EventKind::Succeeded
-            | EventKind::Failed
-            | EventKind::Retryable
-            | EventKind::Cancelled => -1,
-            _ => 0,
-        };
-        running_total += delta;
-        *running_by_queue.entry(q.clone()).or_default() += delta;
-        max_total = max_total.max(running_total);
-        assert!(running_total <= 2, "global cap exceeded at event {}", e.id);
-        assert!(
-            running_by_queue[q] <= 1,
-            "queue {q} cap exceeded at event {}",
-            e.id
-        );
-    }
-    assert!(max_total >= 1);
+    let s: Arc<dyn Store> = stores[0].clone();
+    conformance::assert_history_within_caps(&s, &ids, 2, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
