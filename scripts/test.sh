@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing faketime (for the clock-skew test)"
-    apt-get install -y -qq faketime >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq faketime >/dev/null 2>&1; } \
+    timeout 300 apt-get install -y -qq faketime >/dev/null 2>&1 \
+      || { timeout 300 apt-get update -qq >/dev/null 2>&1 && timeout 300 apt-get install -y -qq faketime >/dev/null 2>&1; } \
       || echo "could not install faketime; the clock-skew test will say so"
   fi
 fi
