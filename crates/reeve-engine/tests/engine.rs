@@ -44,6 +44,22 @@ where
     }
 }
 
+async fn wait_state(store: &Arc<SqliteStore>, id: i64, want: JobState) {
+    eventually(want.as_str(), || async { state(store, id).await == want }).await;
+}
+
+async fn enqueue_one(store: &Arc<SqliteStore>, job: NewJob) -> i64 {
+    store.enqueue(vec![job]).await.unwrap()[0].job.id
+}
+
+fn sleep_engine(store: &Arc<SqliteStore>) -> Arc<Engine> {
+    Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", sleeper()),
+    )
+}
+
 struct Noop;
 
 #[async_trait]
@@ -120,18 +136,11 @@ async fn runs_every_job_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_long_run_alive() {
     let (_dir, store) = store().await;
-    let engine = Engine::start(
-        store.clone(),
-        EngineConfig::new("t"),
-        Handlers::new().kind("sleep", sleeper()),
-    );
+    let engine = sleep_engine(&store);
     let mut nj = sleep_job(1500);
     nj.heartbeat_timeout = Some(Duration::from_millis(300));
-    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
-    eventually("succeeded", || async {
-        state(&store, id).await == JobState::Succeeded
-    })
-    .await;
+    let id = enqueue_one(&store, nj).await;
+    wait_state(&store, id, JobState::Succeeded).await;
     let job = store.get_job(id).await.unwrap();
     assert_eq!(
         job.attempt, 1,
@@ -157,18 +166,12 @@ async fn a_reaped_local_run_is_aborted_and_never_writes_back() {
     let mut nj = sleep_job(60_000);
     nj.max_run_duration = Some(Duration::from_secs(30));
     nj.max_attempts = 1;
-    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
-    eventually("running", || async {
-        state(&store, id).await == JobState::Running
-    })
-    .await;
+    let id = enqueue_one(&store, nj).await;
+    wait_state(&store, id, JobState::Running).await;
     // Jump past max_run_duration: the reaper ends the run as a timeout.
     store.advance_clock(Duration::from_secs(31));
     store.signals().deadlines_changed();
-    eventually("reaped", || async {
-        state(&store, id).await == JobState::Failed
-    })
-    .await;
+    wait_state(&store, id, JobState::Failed).await;
     eventually("local run aborted", || async {
         handler.now.load(Ordering::SeqCst) == 0
     })
@@ -183,48 +186,28 @@ async fn a_reaped_local_run_is_aborted_and_never_writes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_job() {
     let (_dir, store) = store().await;
-    let engine = Engine::start(
-        store.clone(),
-        EngineConfig::new("t"),
-        Handlers::new().kind("sleep", sleeper()),
-    );
+    let engine = sleep_engine(&store);
     let id = store.enqueue(vec![sleep_job(60_000)]).await.unwrap()[0]
         .job
         .id;
-    eventually("running", || async {
-        state(&store, id).await == JobState::Running
-    })
-    .await;
+    wait_state(&store, id, JobState::Running).await;
     store.cancel(id).await.unwrap();
     engine.cancel_local(id);
-    eventually("cancelled", || async {
-        state(&store, id).await == JobState::Cancelled
-    })
-    .await;
+    wait_state(&store, id, JobState::Cancelled).await;
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_the_run_through_its_heartbeat() {
     let (_dir, store) = store().await;
-    let engine = Engine::start(
-        store.clone(),
-        EngineConfig::new("t"),
-        Handlers::new().kind("sleep", sleeper()),
-    );
+    let engine = sleep_engine(&store);
     let mut nj = sleep_job(60_000);
     nj.heartbeat_timeout = Some(Duration::from_millis(300));
-    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
-    eventually("running", || async {
-        state(&store, id).await == JobState::Running
-    })
-    .await;
+    let id = enqueue_one(&store, nj).await;
+    wait_state(&store, id, JobState::Running).await;
     // As another daemon would: only the store knows.
     store.cancel(id).await.unwrap();
-    eventually("cancelled", || async {
-        state(&store, id).await == JobState::Cancelled
-    })
-    .await;
+    wait_state(&store, id, JobState::Cancelled).await;
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -270,18 +253,11 @@ async fn caps_hold_with_many_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_runs_for_retry() {
     let (_dir, store) = store().await;
-    let engine = Engine::start(
-        store.clone(),
-        EngineConfig::new("t"),
-        Handlers::new().kind("sleep", sleeper()),
-    );
+    let engine = sleep_engine(&store);
     let id = store.enqueue(vec![sleep_job(60_000)]).await.unwrap()[0]
         .job
         .id;
-    eventually("running", || async {
-        state(&store, id).await == JobState::Running
-    })
-    .await;
+    wait_state(&store, id, JobState::Running).await;
     engine.shutdown(Duration::from_millis(200)).await;
     let job = store.get_job(id).await.unwrap();
     assert_eq!(job.state, JobState::Retryable);
@@ -323,22 +299,16 @@ async fn process_jobs_get_their_environment_and_exit_codes() {
     let mut nj = NewJob::new("default", "env");
     nj.payload = serde_json::json!({"hello": "world"});
     nj.idempotency_key = Some("k-1".into());
-    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
+    let id = enqueue_one(&store, nj).await;
     // Attempt 1 exits 1 (exit_code, retried); push the backoff along.
-    eventually("first attempt failed", || async {
-        state(&store, id).await == JobState::Retryable
-    })
-    .await;
+    wait_state(&store, id, JobState::Retryable).await;
     assert_eq!(
         store.get_job(id).await.unwrap().failure_reason,
         Some(FailureReason::ExitCode)
     );
     store.advance_clock(Duration::from_secs(16));
     store.signals().deadlines_changed();
-    eventually("second attempt succeeded", || async {
-        state(&store, id).await == JobState::Succeeded
-    })
-    .await;
+    wait_state(&store, id, JobState::Succeeded).await;
     let output = store.job_output(id).await.unwrap();
     assert_eq!(output.len(), 2);
     assert!(
@@ -417,11 +387,8 @@ async fn unknown_programs_fail_with_spawn_failed() {
     let mut nj = NewJob::new("default", "adhoc");
     nj.command = Some(vec!["/nonexistent/agent-binary".into()]);
     nj.max_attempts = 1;
-    let id = store.enqueue(vec![nj]).await.unwrap()[0].job.id;
-    eventually("failed", || async {
-        state(&store, id).await == JobState::Failed
-    })
-    .await;
+    let id = enqueue_one(&store, nj).await;
+    wait_state(&store, id, JobState::Failed).await;
     assert_eq!(
         store.get_job(id).await.unwrap().failure_reason,
         Some(FailureReason::SpawnFailed)
