@@ -53,6 +53,11 @@ pub enum ApiError {
     },
     /// 409: a heartbeat was refused; the executor must stop the work.
     LeaseLost(LeaseLost),
+    /// 429: a manual run found a cap full; retry after the ETA or force it.
+    CapacityFull {
+        full: reeve_store::CapacityFull,
+        slot_eta_seconds: u64,
+    },
     /// 503: the store failed in a way that may pass (busy, connection lost).
     DatabaseUnavailable,
     /// 500: anything else that is our fault.
@@ -214,6 +219,30 @@ impl IntoResponse for ApiError {
                 };
                 extra.insert("reason".into(), json!(reason));
                 (StatusCode::CONFLICT, "lease_lost", message)
+            }
+            ApiError::CapacityFull {
+                full,
+                slot_eta_seconds,
+            } => {
+                extra.insert("running".into(), json!(full.running));
+                extra.insert("limit".into(), json!(full.limit));
+                extra.insert("slot_eta_seconds".into(), json!(slot_eta_seconds));
+                extra.insert("scope".into(), json!(full.scope));
+                if let Some(queue) = &full.queue {
+                    extra.insert("queue".into(), json!(queue));
+                }
+                let cap = match &full.queue {
+                    Some(q) => format!("queue {q}"),
+                    None => "the global cap".to_string(),
+                };
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "capacity_full",
+                    format!(
+                        "{cap} is full ({} of {} running); a slot is expected in about {slot_eta_seconds}s; force to run anyway",
+                        full.running, full.limit
+                    ),
+                )
             }
             ApiError::DatabaseUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -28,9 +28,11 @@ mod admin;
 mod error;
 mod extract;
 mod jobs;
+mod runs;
 mod schedules;
 
-pub use schedules::{ApplyResponse, ChangedSchedule, apply_specs};
+pub use runs::{Percentiles, build_forecast};
+pub use schedules::{ApplyResponse, ChangedSchedule, CollisionWarning, apply_specs};
 
 use std::fmt;
 use std::sync::Arc;
@@ -155,7 +157,22 @@ pub fn router(state: AppState) -> Router {
             get(schedules::show).delete(schedules::delete),
         )
         .route("/v1/schedules/{name}/pause", post(schedules::pause))
-        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/v1/schedules/{name}/resume", post(runs::resume))
+        .route("/v1/schedules/{name}/run", post(runs::run))
+        .route("/v1/schedules/{name}/history", get(runs::history))
+        .route("/v1/schedules/{name}/metrics", get(runs::metrics))
+        .route(
+            "/v1/pressure",
+            get(runs::list_pressure)
+                .post(runs::raise_pressure)
+                .delete(runs::clear_pressure),
+        )
+        .route(
+            "/v1/pressure/{source}",
+            axum::routing::delete(runs::clear_pressure_named),
+        )
+        .route("/v1/audit", get(runs::audit))
+        .route("/v1/forecast", get(runs::forecast_next))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(admin::healthz))

@@ -27,26 +27,65 @@ pub(crate) struct ScheduleView {
     #[serde(flatten)]
     record: ScheduleRecord,
     rule: String,
+    /// From the latest ledger rows (list and show only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent: Option<Recent>,
 }
 
-fn view(record: ScheduleRecord) -> ScheduleView {
+/// A schedule's recent firings in brief.
+#[derive(Debug, Serialize)]
+pub(crate) struct Recent {
+    /// The newest ledger row's outcome, and its job's end state if it ended.
+    last_outcome: Option<String>,
+    last_state: Option<String>,
+    last_nominal_at: Option<Timestamp>,
+    /// Over the finished firings among the latest [`RECENT_ROWS`].
+    avg_duration_ms: Option<i64>,
+    avg_turns: Option<f64>,
+    finished: usize,
+}
+
+/// Ledger rows summarized per schedule in listings.
+const RECENT_ROWS: u32 = 20;
+
+async fn recent(store: &dyn reeve_store::Store, name: &str) -> Result<Recent, ApiError> {
+    let rows = store.firings(name, RECENT_ROWS).await?;
+    let finished: Vec<&FiringRecord> = rows.iter().filter(|r| r.finished_at.is_some()).collect();
+    let durations: Vec<i64> = finished.iter().filter_map(|r| r.duration_ms).collect();
+    let turns: Vec<i64> = finished.iter().filter_map(|r| r.turns).collect();
+    Ok(Recent {
+        last_outcome: rows.first().map(|r| r.outcome.clone()),
+        last_state: rows.first().and_then(|r| r.state.clone()),
+        last_nominal_at: rows.first().map(|r| r.nominal_at),
+        avg_duration_ms: (!durations.is_empty())
+            .then(|| durations.iter().sum::<i64>() / durations.len() as i64),
+        avg_turns: (!turns.is_empty())
+            .then(|| turns.iter().sum::<i64>() as f64 / turns.len() as f64),
+        finished: finished.len(),
+    })
+}
+
+pub(crate) fn view(record: ScheduleRecord) -> ScheduleView {
     let rule = record
         .spec
         .validate()
         .map(|v| v.rule.describe())
         .unwrap_or_else(|e| format!("invalid: {e}"));
-    ScheduleView { record, rule }
+    ScheduleView {
+        record,
+        rule,
+        recent: None,
+    }
 }
 
 /// `GET /v1/schedules`.
 pub(crate) async fn list(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    let schedules: Vec<ScheduleView> = state
-        .store
-        .list_schedules()
-        .await?
-        .into_iter()
-        .map(view)
-        .collect();
+    let mut schedules = Vec::new();
+    for record in state.store.list_schedules().await? {
+        let mut v = view(record);
+        v.recent = Some(recent(state.store.as_ref(), &v.record.name).await?);
+        schedules.push(v);
+    }
     Ok(Json(serde_json::json!({ "schedules": schedules })))
 }
 
@@ -63,10 +102,9 @@ pub(crate) async fn show(
 ) -> ApiResult<Json<ShowResponse>> {
     let record = state.store.get_schedule(&name).await?;
     let firings = state.store.firings(&name, 50).await?;
-    Ok(Json(ShowResponse {
-        schedule: view(record),
-        firings,
-    }))
+    let mut schedule = view(record);
+    schedule.recent = Some(recent(state.store.as_ref(), &name).await?);
+    Ok(Json(ShowResponse { schedule, firings }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +125,25 @@ pub struct ApplyResponse {
     pub unchanged: Vec<String>,
     pub deleted: Vec<String>,
     pub dry_run: bool,
+    /// Created or changed schedules whose firings in the next 24h pile up
+    /// with other active schedules' beyond a cap (SPEC §8).
+    pub warnings: Vec<CollisionWarning>,
+}
+
+/// A 5-minute bucket where a saved schedule collides with others.
+#[derive(Debug, Serialize)]
+pub struct CollisionWarning {
+    pub schedule: String,
+    pub bucket_start: Timestamp,
+    pub schedules: Vec<String>,
+    pub peak_load: u32,
+    pub cap: u32,
+    /// `global`, or the queue whose cap is exceeded.
+    pub cap_scope: String,
+    /// How many colliding buckets there are in all (only the first few are
+    /// listed per schedule).
+    pub buckets: usize,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,6 +204,8 @@ pub async fn apply_specs(
         dry_run,
         ..Default::default()
     };
+    // The schedules as they are after this apply, for the collision check.
+    let mut saved: Vec<(ValidSchedule, ScheduleStatus, bool)> = Vec::new();
     for (spec, new) in valid {
         let name = new.name.clone();
         let put = match existing.get(&name) {
@@ -175,6 +234,7 @@ pub async fn apply_specs(
                 };
                 let Change::Changed { fields, .. } = &change else {
                     out.unchanged.push(name);
+                    saved.push((new.clone(), record.status, false));
                     continue;
                 };
                 let resumed = record.status == ScheduleStatus::Paused
@@ -197,10 +257,17 @@ pub async fn apply_specs(
                 }
             }
         };
+        let status = match (&put.status, existing.get(&new.name)) {
+            (Some(s), _) => *s,
+            (None, Some(r)) => r.status,
+            (None, None) => ScheduleStatus::Active,
+        };
+        saved.push((new, status, true));
         if !dry_run {
             store.put_schedule(put).await?;
         }
     }
+    out.warnings = collision_warnings(store, &existing, &saved, &names, prune, now).await?;
     if prune {
         let mut gone: Vec<&String> = existing.keys().filter(|n| !names.contains(*n)).collect();
         gone.sort();
@@ -212,6 +279,119 @@ pub async fn apply_specs(
         }
     }
     Ok(out)
+}
+
+/// Warnings shown per schedule at most.
+const WARNINGS_PER_SCHEDULE: usize = 3;
+
+/// The collision warnings of an apply: for each created or changed active
+/// schedule, the 5-minute buckets of the next 24h where it and other active
+/// schedules exceed the global cap or their shared queue's cap, with the
+/// expected durations observed so far.
+async fn collision_warnings(
+    store: &dyn reeve_store::Store,
+    existing: &HashMap<String, ScheduleRecord>,
+    saved: &[(ValidSchedule, ScheduleStatus, bool)],
+    applied: &HashSet<String>,
+    prune: bool,
+    now: Timestamp,
+) -> Result<Vec<CollisionWarning>, ApiError> {
+    if !saved
+        .iter()
+        .any(|(_, status, touched)| *touched && *status == ScheduleStatus::Active)
+    {
+        return Ok(Vec::new());
+    }
+    // Every active schedule after the apply: the saved ones, and the others
+    // unless pruned.
+    let mut active: Vec<(ValidSchedule, Option<Timestamp>)> = saved
+        .iter()
+        .filter(|(_, status, _)| *status == ScheduleStatus::Active)
+        .map(|(v, _, _)| (v.clone(), existing.get(&v.name).and_then(|r| r.anchor)))
+        .collect();
+    if !prune {
+        for r in existing.values() {
+            if !applied.contains(&r.name)
+                && r.status == ScheduleStatus::Active
+                && let Ok(v) = r.spec.validate()
+            {
+                active.push((v, r.anchor));
+            }
+        }
+    }
+    let names: Vec<String> = active.iter().map(|(v, _)| v.name.clone()).collect();
+    let typical = store.typical_durations(&names, &[]).await?;
+    let planned = |v: &ValidSchedule, anchor: Option<Timestamp>| reeve_schedule::Planned {
+        name: v.name.clone(),
+        rule: v.rule.clone(),
+        anchor,
+        expected_duration: typical
+            .by_schedule
+            .get(&v.name)
+            .copied()
+            .unwrap_or(crate::runs::DEFAULT_EXPECTED_DURATION),
+        slots: 1,
+    };
+    let horizon = std::time::Duration::from_secs(24 * 3600);
+    let mut found: Vec<(String, reeve_schedule::Collision)> = Vec::new();
+    let limits = store.limits().await?;
+    let all: Vec<_> = active.iter().map(|(v, a)| planned(v, *a)).collect();
+    for c in reeve_schedule::collisions(&all, limits.global, now, horizon) {
+        found.push(("global".into(), c));
+    }
+    for q in store.list_queues().await? {
+        let Some(cap) = q.settings.concurrency else {
+            continue;
+        };
+        let in_queue: Vec<_> = active
+            .iter()
+            .filter(|(v, _)| v.job.queue == q.name)
+            .map(|(v, a)| planned(v, *a))
+            .collect();
+        for c in reeve_schedule::collisions(&in_queue, Some(cap), now, horizon) {
+            found.push((q.name.clone(), c));
+        }
+    }
+    let mut warnings = Vec::new();
+    for (v, status, touched) in saved {
+        if !*touched || *status != ScheduleStatus::Active {
+            continue;
+        }
+        let mine: Vec<&(String, reeve_schedule::Collision)> =
+            found.iter().filter(|(_, c)| c.involves(&v.name)).collect();
+        for (scope, c) in mine.iter().take(WARNINGS_PER_SCHEDULE) {
+            let others: Vec<&str> = c
+                .schedules
+                .iter()
+                .filter(|s| **s != v.name)
+                .map(String::as_str)
+                .collect();
+            let cap_name = if scope == "global" {
+                "the global cap".to_string()
+            } else {
+                format!("queue {scope}'s cap")
+            };
+            warnings.push(CollisionWarning {
+                schedule: v.name.clone(),
+                bucket_start: c.bucket_start,
+                schedules: c.schedules.clone(),
+                peak_load: c.peak_load,
+                cap: c.cap,
+                cap_scope: scope.clone(),
+                buckets: mine.len(),
+                message: format!(
+                    "{} fires in the 5 minutes from {} with {}: up to {} runs at once against {cap_name} of {} ({} such bucket(s) in the next 24h)",
+                    v.name,
+                    c.bucket_start,
+                    others.join(", "),
+                    c.peak_load,
+                    c.cap,
+                    mine.len()
+                ),
+            });
+        }
+    }
+    Ok(warnings)
 }
 
 /// `POST /v1/schedules/{name}/pause`.
@@ -231,12 +411,10 @@ pub(crate) async fn pause(
     Ok(Json(view(record)))
 }
 
-/// `POST /v1/schedules/{name}/resume`: active again from the next fire time
-/// after now (times missed while paused do not fire).
-pub(crate) async fn resume(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<ScheduleView>> {
+/// Resumes a schedule at once: active again from the next fire time after
+/// now (times missed while paused do not fire).
+pub(crate) async fn resume_now(state: &AppState, name: &str) -> ApiResult<ScheduleView> {
+    let name = name.to_string();
     let record = state.store.get_schedule(&name).await?;
     let now: Timestamp = state.store.now().await?;
     let next = record
@@ -248,7 +426,7 @@ pub(crate) async fn resume(
         .store
         .set_schedule_status(&name, ScheduleStatus::Active, None, NextFire::Set(next))
         .await?;
-    Ok(Json(view(record)))
+    Ok(view(record))
 }
 
 /// `DELETE /v1/schedules/{name}`: its jobs and ledger rows stay.

@@ -934,3 +934,233 @@ async fn database_failures_never_leak_their_text() {
         );
     }
 }
+
+/// Runs `n` jobs of kind `k` to completion, each lasting `ms` on the store's
+/// clock, so the schedule's typical duration is known.
+async fn finish_runs(h: &Harness, schedule: &str, n: usize, ms: u64) {
+    for _ in 0..n {
+        let r = h
+            .post(
+                &format!("/v1/schedules/{schedule}/run"),
+                json!({"force": true}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let job = h.claim().await;
+        h.store.advance_clock(std::time::Duration::from_millis(ms));
+        h.store
+            .finish(vec![Finish {
+                job: job.id,
+                epoch: job.epoch,
+                outcome: Outcome::Succeeded { result: None },
+                output: None,
+            }])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn run_now_honors_the_cap_with_an_eta_and_force_is_audited() {
+    let h = Harness::new().await;
+    let apply = h
+        .post(
+            "/v1/schedules/apply",
+            json!({"schedules": [
+                {"name": "review", "every": "1h", "job": {"kind": "review"}},
+                {"name": "other", "every": "1h", "job": {"kind": "other"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(apply.status, StatusCode::OK, "{}", apply.text);
+    // Observed: review runs take 2 minutes.
+    finish_runs(&h, "review", 3, 120_000).await;
+
+    // With room, a manual run fires at once.
+    let r = h.post_empty("/v1/schedules/other/run").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["outcome"], "manual");
+    let other = r.json["job"]["id"].as_i64().unwrap();
+    let c = h.post_empty(&format!("/v1/jobs/{other}/cancel")).await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+
+    // Full: the global cap is 1 and a review run has been going for 30s.
+    let r = h
+        .post("/v1/schedules/review/run", json!({"force": true}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    h.claim().await;
+    h.store.advance_clock(std::time::Duration::from_secs(30));
+    let put = h
+        .raw(Method::PUT, "/v1/limits", json!({"global": 1}).to_string())
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    let before = h.total_jobs().await;
+    let r = h.post_empty("/v1/schedules/review/run").await;
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "capacity_full");
+    assert_eq!(r.json["running"], 1);
+    assert_eq!(r.json["limit"], 1);
+    assert_eq!(r.json["scope"], "global");
+    // The running review run typically takes 2 minutes and has run 30s.
+    let eta = r.json["slot_eta_seconds"].as_u64().expect("an ETA");
+    assert!(
+        (85..=91).contains(&eta),
+        "ETA from typical durations: {}",
+        r.text
+    );
+    assert_eq!(
+        h.total_jobs().await,
+        before,
+        "a refused run changes nothing"
+    );
+
+    // Forced: runs anyway and leaves an audit record naming who and what was full.
+    let r = h
+        .post(
+            "/v1/schedules/review/run",
+            json!({"force": true, "by": "ana"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["outcome"], "forced");
+    assert_eq!(r.json["was_full"]["scope"], "global");
+    let forced_id = r.json["job"]["id"].as_i64().unwrap();
+    let audit = h.get("/v1/audit").await;
+    assert_eq!(audit.status, StatusCode::OK);
+    let rows = audit.json["audit"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|a| a["detail"]["job_id"] == forced_id)
+        .expect("an audit row for the forced run");
+    assert_eq!(row["action"], "force_run");
+    assert_eq!(row["actor"], "operator:ana");
+    assert_eq!(row["target"], "schedule:review");
+    assert_eq!(row["detail"]["full"]["limit"], 1);
+    // It is claimed past the full cap.
+    let claimed = h.claim().await;
+    assert_eq!(claimed.id, forced_id);
+
+    // History and metrics of the schedule.
+    let hist = h.get("/v1/schedules/review/history?limit=10").await;
+    assert_eq!(hist.status, StatusCode::OK, "{}", hist.text);
+    let firings = hist.json["firings"].as_array().unwrap();
+    assert_eq!(firings.len(), 5);
+    let about_two_minutes = |v: &Value| (120_000..121_000).contains(&v.as_i64().unwrap_or(0));
+    assert!(
+        firings[2..]
+            .iter()
+            .all(|f| about_two_minutes(&f["duration_ms"])),
+        "{}",
+        hist.text
+    );
+    let m = h.get("/v1/schedules/review/metrics").await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text);
+    assert!(
+        about_two_minutes(&m.json["duration_ms"]["p50"]),
+        "{}",
+        m.text
+    );
+    assert_eq!(m.json["by_outcome"]["forced"], 5);
+    let bad = h.get("/v1/schedules/review/history?at=yesterday").await;
+    assert_field(&bad, StatusCode::BAD_REQUEST, "invalid_input", "at");
+    let missing = h.post_empty("/v1/schedules/nope/run").await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "not_found");
+    let list = h.get("/v1/schedules").await;
+    let review = list.json["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "review")
+        .unwrap()
+        .clone();
+    assert!(
+        about_two_minutes(&review["recent"]["avg_duration_ms"]),
+        "{review}"
+    );
+}
+
+#[tokio::test]
+async fn pressure_signals_and_the_forecast() {
+    let h = Harness::new().await;
+    let r = h
+        .post("/v1/pressure", json!({"source": "ide", "ttl_seconds": 600}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["source"], "ide");
+    let bad = h
+        .post("/v1/pressure", json!({"source": "ide", "ttl_seconds": 0}))
+        .await;
+    assert_field(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "ttl_seconds",
+    );
+    let unknown = h
+        .post(
+            "/v1/pressure",
+            json!({"source": "x", "ttl_seconds": 5, "extra": 1}),
+        )
+        .await;
+    assert_error(&unknown, StatusCode::BAD_REQUEST, "invalid_json");
+    let list = h.get("/v1/pressure").await;
+    assert_eq!(list.json["pressure"].as_array().unwrap().len(), 1);
+    let cleared = h
+        .send(
+            h.request(Method::DELETE, "/v1/pressure/ide")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(cleared.status, StatusCode::OK, "{}", cleared.text);
+    let again = h
+        .raw(
+            Method::DELETE,
+            "/v1/pressure",
+            json!({"source": "ide"}).to_string(),
+        )
+        .await;
+    assert_error(&again, StatusCode::NOT_FOUND, "not_found");
+
+    // Five schedules at the same minute against a cap of 2: the forecast
+    // predicts the waits and the apply warns about the collision.
+    let put = h
+        .raw(Method::PUT, "/v1/limits", json!({"global": 2}).to_string())
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let specs: Vec<Value> = (0..5)
+        .map(|i| json!({"name": format!("s{i}"), "cron": "0 9 * * *", "job": {"kind": "k"}}))
+        .collect();
+    let apply = h
+        .post("/v1/schedules/apply", json!({"schedules": specs}))
+        .await;
+    assert_eq!(apply.status, StatusCode::OK, "{}", apply.text);
+    let warnings = apply.json["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 5, "one per saved schedule: {}", apply.text);
+    assert_eq!(warnings[0]["peak_load"], 5);
+    assert_eq!(warnings[0]["cap"], 2);
+    let again = h
+        .post(
+            "/v1/schedules/apply",
+            json!({"schedules": (0..5)
+        .map(|i| json!({"name": format!("s{i}"), "cron": "0 9 * * *", "job": {"kind": "k"}}))
+        .collect::<Vec<_>>()}),
+        )
+        .await;
+    assert!(
+        again.json["warnings"].as_array().unwrap().is_empty(),
+        "an unchanged apply saves nothing to warn about"
+    );
+    let f = h.get("/v1/forecast?hours=24").await;
+    assert_eq!(f.status, StatusCode::OK, "{}", f.text);
+    let schedules = f.json["schedules"].as_array().unwrap();
+    assert_eq!(schedules.len(), 5);
+    let waited: u64 = schedules
+        .iter()
+        .map(|s| s["waited"].as_u64().unwrap())
+        .sum();
+    assert_eq!(waited, 3, "two run, three wait: {}", f.text);
+    assert!(!f.json["suggestions"].as_array().unwrap().is_empty());
+    let bad = h.get("/v1/forecast?hours=0").await;
+    assert_field(&bad, StatusCode::BAD_REQUEST, "invalid_input", "hours");
+}

@@ -9,6 +9,13 @@
 //! missed (the daemon was down) and follows the schedule's misfire policy:
 //! the skipped times become one ledger row, the ones that fire are fired
 //! oldest first, each step again conditioned on the previous one.
+//!
+//! **Pressure** (SPEC §8): while any pressure signal is active, a fire time
+//! that falls due is deferred by `pressure_delay` (one conditional
+//! [`Store::defer_firing`], counted per fire time), but never past
+//! `pressure_max_defer` after its nominal time: then it fires whatever the
+//! pressure, so nothing starves. Missed fire times after downtime follow the
+//! misfire policy and are not deferred.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +24,12 @@ use reeve_core::Timestamp;
 use reeve_core::job::Availability;
 use reeve_core::time::duration_millis;
 use reeve_schedule::{MisfirePolicy, ScheduleStatus, ValidSchedule, misfire_plan};
-use reeve_store::{FireParams, FireResult, FiringOutcome, NextFire, ScheduleRecord, Store};
+use reeve_store::{
+    DeferParams, DeferResult, FireParams, FireResult, FiringOutcome, NextFire, ScheduleRecord,
+    Store,
+};
+
+use crate::EngineConfig;
 
 /// Lateness past which a due fire time counts as missed rather than late.
 pub(crate) const MISFIRE_AFTER: Duration = Duration::from_secs(60);
@@ -26,7 +38,7 @@ pub(crate) const MISFIRE_AFTER: Duration = Duration::from_secs(60);
 const BATCH: u32 = 100;
 
 /// Fires every due schedule; returns whether all went well.
-pub(crate) async fn fire_due(store: &Arc<dyn Store>) -> bool {
+pub(crate) async fn fire_due(store: &Arc<dyn Store>, config: &EngineConfig) -> bool {
     let due = match store.due_schedules(BATCH).await {
         Ok(due) => due,
         Err(e) => {
@@ -34,14 +46,69 @@ pub(crate) async fn fire_due(store: &Arc<dyn Store>) -> bool {
             return false;
         }
     };
+    if due.is_empty() {
+        return true;
+    }
+    let pressure = match store.list_pressure().await {
+        Ok(p) => p.into_iter().map(|p| p.source).collect::<Vec<_>>(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading pressure failed");
+            return false;
+        }
+    };
     let mut ok = true;
     for record in due {
+        if !pressure.is_empty() {
+            match defer(store, config, &record, &pressure).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(schedule = %record.name, error = %e, "deferring failed; will retry");
+                    ok = false;
+                    continue;
+                }
+            }
+        }
         if let Err(e) = fire_one(store, &record).await {
             tracing::warn!(schedule = %record.name, error = %e, "firing failed; will retry");
             ok = false;
         }
     }
     ok
+}
+
+/// Defers `record`'s due fire time under pressure; false when it must fire
+/// now (deferred as far as allowed, or missed rather than late).
+async fn defer(
+    store: &Arc<dyn Store>,
+    config: &EngineConfig,
+    record: &ScheduleRecord,
+    sources: &[String],
+) -> reeve_store::Result<bool> {
+    let Some(nominal) = record.next_fire_at else {
+        return Ok(false);
+    };
+    let now = store.now().await?;
+    if nominal.millis_until(now) > duration_millis(MISFIRE_AFTER.max(config.pressure_max_defer)) {
+        return Ok(false);
+    }
+    let result = store
+        .defer_firing(DeferParams {
+            schedule: record.name.clone(),
+            expected_next: nominal,
+            delay: config.pressure_delay,
+            max_defer: config.pressure_max_defer,
+            detail: format!("pressure: {}", sources.join(",")),
+        })
+        .await?;
+    Ok(match result {
+        DeferResult::Deferred { until, deferrals } => {
+            tracing::info!(schedule = %record.name, nominal = %nominal, until = %until, deferrals, "deferred by pressure");
+            true
+        }
+        DeferResult::LostRace => true,
+        DeferResult::FireNow => false,
+    })
 }
 
 async fn fire_one(store: &Arc<dyn Store>, record: &ScheduleRecord) -> reeve_store::Result<()> {
@@ -67,6 +134,12 @@ async fn fire_one(store: &Arc<dyn Store>, record: &ScheduleRecord) -> reeve_stor
     };
     let now = store.now().await?;
     let late = Duration::from_millis(nominal.millis_until(now).max(0) as u64);
+    // A fire time that pressure deferred is late by its deferral, not missed.
+    let late = if record.deferrals > 0 {
+        Duration::ZERO
+    } else {
+        late
+    };
     let steps = if late <= MISFIRE_AFTER {
         vec![Step {
             nominal,
@@ -112,6 +185,9 @@ async fn fire_one(store: &Arc<dyn Store>, record: &ScheduleRecord) -> reeve_stor
                     FiringOutcome::SkippedMisfire
                 },
                 skipped_until: step.skipped_until,
+                require_capacity: false,
+                audit: None,
+                probe: false,
             })
             .await?;
         match result {
@@ -125,6 +201,7 @@ async fn fire_one(store: &Arc<dyn Store>, record: &ScheduleRecord) -> reeve_stor
             FireResult::Coalesced { into } => {
                 tracing::info!(schedule = %schedule.name, nominal = %step.nominal, into, "coalesced");
             }
+            FireResult::CapacityFull(_) => return Ok(()),
         }
         match next {
             Some(n) => expected = n,

@@ -60,11 +60,19 @@ pub struct EngineConfig {
     /// extra claim-only engines (benchmarks); on PostgreSQL only the leader
     /// will run them.
     pub maintenance: bool,
+    /// While pressure is raised, a due firing waits this long (SPEC §8)…
+    pub pressure_delay: Duration,
+    /// …but never more than this past its nominal time.
+    pub pressure_max_defer: Duration,
+    /// Firing ledger rows older than this are pruned.
+    pub firing_retention: Duration,
 }
 
 pub const DEFAULT_SLOTS: u32 = 8;
 pub const DEFAULT_CLAIM_BATCH: u32 = 100;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_PRESSURE_DELAY: Duration = Duration::from_secs(30);
+pub const DEFAULT_PRESSURE_MAX_DEFER: Duration = Duration::from_secs(600);
 
 impl EngineConfig {
     pub fn new(worker_id: impl Into<String>) -> Self {
@@ -77,6 +85,9 @@ impl EngineConfig {
             prune_every: Duration::from_secs(600),
             output_limit: 1024 * 1024,
             maintenance: true,
+            pressure_delay: DEFAULT_PRESSURE_DELAY,
+            pressure_max_defer: DEFAULT_PRESSURE_MAX_DEFER,
+            firing_retention: DEFAULT_RETENTION,
         }
     }
 }

@@ -41,7 +41,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         deadlines.borrow_and_update();
         let mut failed = false;
-        failed |= !crate::firing::fire_due(&inner.store).await;
+        failed |= !crate::firing::fire_due(&inner.store, &inner.config).await;
         failed |= !promote(&inner).await;
         failed |= !reap(&inner).await;
         if Instant::now() >= next_prune {
@@ -126,6 +126,20 @@ async fn reap(inner: &Inner) -> bool {
 
 async fn prune(inner: &Inner) -> bool {
     // Bounded: at most ten batches per pass, the rest next time.
+    for _ in 0..10 {
+        match inner
+            .store
+            .prune_firings(inner.config.firing_retention, 1000)
+            .await
+        {
+            Ok(1000) => continue,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning old firing ledger rows failed");
+                return false;
+            }
+        }
+    }
     for _ in 0..10 {
         match inner.store.prune(inner.config.retention, 1000).await {
             Ok(1000) => continue,

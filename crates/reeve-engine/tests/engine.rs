@@ -540,3 +540,130 @@ async fn missed_fire_times_follow_the_misfire_policy() {
             .is_some_and(|u| u < jobs[0].nominal_at.unwrap())
     );
 }
+
+/// A schedule of `kind` whose every firing sleeps `ms`, first due at `next`.
+fn sleep_schedule(name: &str, ms: u64, next: reeve_core::Timestamp) -> reeve_store::SchedulePut {
+    reeve_store::SchedulePut {
+        spec: serde_json::from_value(serde_json::json!({
+            "name": name,
+            "every": "1h",
+            "job": {"kind": "sleep", "payload": {"ms": ms}},
+        }))
+        .unwrap(),
+        status: None,
+        next_fire_at: reeve_store::NextFire::Set(Some(next)),
+        anchor: reeve_store::NextFire::Set(Some(next)),
+        max_turns_changed: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_schedules_due_together_share_a_cap_of_two() {
+    let (_dir, store) = store().await;
+    store.set_limits(Limits { global: Some(2) }).await.unwrap();
+    let now = store.now().await.unwrap();
+    for i in 0..5 {
+        store
+            .put_schedule(sleep_schedule(&format!("s{i}"), 300, now))
+            .await
+            .unwrap();
+    }
+    let sleeper = sleeper();
+    let engine = Engine::start(
+        store.clone(),
+        EngineConfig::new("t"),
+        Handlers::new().kind("sleep", sleeper.clone()),
+    );
+    let ledger = |store: Arc<SqliteStore>| async move {
+        let mut rows = Vec::new();
+        for i in 0..5 {
+            rows.extend(store.firings(&format!("s{i}"), 10).await.unwrap());
+        }
+        rows
+    };
+    eventually("all five firings finish", || {
+        let store = store.clone();
+        async move {
+            let rows = ledger(store).await;
+            rows.len() == 5 && rows.iter().all(|r| r.state.as_deref() == Some("succeeded"))
+        }
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        sleeper.max.load(Ordering::SeqCst),
+        2,
+        "never more than the cap"
+    );
+    let rows = ledger(store.clone()).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.outcome == "fired" && r.nominal_at == now)
+    );
+    let mut waits: Vec<i64> = rows
+        .iter()
+        .map(|r| r.slot_wait_ms.expect("slot wait"))
+        .collect();
+    waits.sort_unstable();
+    assert!(waits[1] < 250, "two start at once: {waits:?}");
+    assert!(waits[2] >= 250, "three wait for a slot: {waits:?}");
+    assert!(
+        rows.iter().all(|r| r.running_at_claim.unwrap() <= 2),
+        "running count at each claim within the cap"
+    );
+    assert!(rows.iter().all(|r| r.duration_ms.unwrap() >= 300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_defers_firings_but_never_past_the_bound() {
+    let (_dir, store) = store().await;
+    store
+        .raise_pressure("ide", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let now = store.now().await.unwrap();
+    store
+        .put_schedule(sleep_schedule("p", 1, now))
+        .await
+        .unwrap();
+    let mut config = EngineConfig::new("t");
+    config.pressure_delay = Duration::from_millis(200);
+    config.pressure_max_defer = Duration::from_millis(700);
+    let engine = Engine::start(
+        store.clone(),
+        config,
+        Handlers::new().kind("sleep", sleeper()),
+    );
+    eventually("the deferred firing fires anyway", || {
+        let store = store.clone();
+        async move {
+            store
+                .firings("p", 1)
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|r| r.outcome == "fired")
+        }
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+    let row = store.firings("p", 10).await.unwrap();
+    assert_eq!(row.len(), 1, "one row for the fire time");
+    let row = &row[0];
+    assert!(row.deferrals >= 3, "deferred in 200ms steps: {row:?}");
+    assert!(
+        row.at.0 - now.0 >= 700,
+        "deferred up to the bound: fired {}ms late",
+        row.at.0 - now.0
+    );
+    assert!(
+        row.at.0 - now.0 < 700 + 1000,
+        "never much past it: fired {}ms late",
+        row.at.0 - now.0
+    );
+    assert_eq!(
+        store.list_pressure().await.unwrap().len(),
+        1,
+        "the pressure was active all along"
+    );
+}

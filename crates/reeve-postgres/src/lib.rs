@@ -18,6 +18,9 @@
 //!   step against every other capped claim; uncapped claims take the same
 //!   lock *shared*, so they run in parallel yet a capped claim waits for the
 //!   uncapped claims in flight when a cap appears (see `write::claim`).
+//! - *Schedules before jobs.* A write that locks both locks the schedule rows
+//!   first (in name order), then the job rows (see `schedule`), so firings
+//!   and the writes that settle a firing's end never deadlock.
 //! - *Wake-ups cross processes.* Every transaction that raises a local signal
 //!   also runs `pg_notify` on `reeve_work` / `reeve_deadlines` with the schema
 //!   name as payload (delivered at commit); the listener task (`listen`)
@@ -42,9 +45,10 @@ use async_trait::async_trait;
 use reeve_core::{Event, Job, JobFilter, JobId, Page, Timestamp};
 use reeve_schedule::ScheduleStatus;
 use reeve_store::{
-    ClaimParams, Enqueued, Finish, FireParams, FireResult, FiringRecord, HeartbeatAck,
-    HeartbeatParams, Leadership, Limits, NextFire, QueueInfo, QueuePatch, QueueSettings, Result,
-    RunOutput, SchedulePut, ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError,
+    AuditRecord, ClaimParams, DeferParams, DeferResult, Enqueued, Finish, FireParams, FireResult,
+    FiringQuery, FiringRecord, HeartbeatAck, HeartbeatParams, Leadership, Limits, NewAudit,
+    NextFire, Pressure, QueueInfo, QueuePatch, QueueSettings, Result, RunOutput, SchedulePut,
+    ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError, TypicalDurations,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -62,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "schedules",
         include_str!("../migrations/0002_schedules.sql"),
+    ),
+    (
+        3,
+        "schedule_runs",
+        include_str!("../migrations/0003_schedule_runs.sql"),
     ),
 ];
 
@@ -179,6 +188,8 @@ pub struct PostgresStore {
     schema: String,
     /// Advisory lock key serializing capped claims in this schema.
     claim_lock_key: i64,
+    /// Advisory lock key serializing raises and clears of pressure signals.
+    pressure_lock_key: i64,
     /// Whether the last claim saw a cap (then the next one takes the claim
     /// lock exclusively at once instead of finding out under the shared one).
     caps_hint: AtomicBool,
@@ -265,6 +276,7 @@ impl PostgresStore {
             clock_offset_ms: AtomicI64::new(0),
             signals: signals.clone(),
             claim_lock_key: stable_key(&format!("reeve/claim/{schema}")),
+            pressure_lock_key: stable_key(&format!("reeve/pressure/{schema}")),
             schema: schema.clone(),
             caps_hint: AtomicBool::new(false),
             listener: listener.clone(),
@@ -493,7 +505,8 @@ impl Store for PostgresStore {
             "SELECT (SELECT min(lease_expires_at) FROM jobs WHERE state = 'running'), \
                     (SELECT min(available_at) FROM jobs WHERE state IN ('scheduled', 'retryable')), \
                     (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1, \
-                    (SELECT min(next_fire_at) FROM schedules WHERE status = 'active')",
+                    (SELECT min(greatest(next_fire_at, defer_until)) FROM schedules \
+                       WHERE status = 'active' AND next_fire_at IS NOT NULL)",
         )
         .bind(self.offset())
         .fetch_one(&self.pool)
@@ -740,8 +753,48 @@ impl Store for PostgresStore {
         schedule::fire(self, p).await
     }
 
-    async fn firings(&self, schedule: &str, limit: u32) -> Result<Vec<FiringRecord>> {
-        schedule::firings(self, schedule, limit).await
+    async fn firing_history(
+        &self,
+        schedule: &str,
+        query: FiringQuery,
+    ) -> Result<Vec<FiringRecord>> {
+        schedule::firings(self, schedule, query).await
+    }
+
+    async fn defer_firing(&self, p: DeferParams) -> Result<DeferResult> {
+        schedule::defer_firing(self, p).await
+    }
+
+    async fn prune_firings(&self, older_than: Duration, batch: u32) -> Result<u64> {
+        schedule::prune_firings(self, older_than, batch).await
+    }
+
+    async fn typical_durations(
+        &self,
+        schedules: &[String],
+        kinds: &[String],
+    ) -> Result<TypicalDurations> {
+        schedule::typical_durations(self, schedules, kinds).await
+    }
+
+    async fn raise_pressure(&self, source: &str, ttl: Duration) -> Result<Pressure> {
+        schedule::raise_pressure(self, source, ttl).await
+    }
+
+    async fn clear_pressure(&self, source: &str) -> Result<bool> {
+        schedule::clear_pressure(self, source).await
+    }
+
+    async fn list_pressure(&self) -> Result<Vec<Pressure>> {
+        schedule::list_pressure(self).await
+    }
+
+    async fn record_audit(&self, audit: NewAudit) -> Result<AuditRecord> {
+        schedule::record_audit(self, audit).await
+    }
+
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        schedule::list_audit(self, limit).await
     }
 }
 

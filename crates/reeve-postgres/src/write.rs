@@ -430,91 +430,14 @@ async fn claim_locked(
     queues: &[QueueRow],
     capped: bool,
 ) -> Result<Vec<Job>> {
-    let mut running: HashMap<String, u64> = HashMap::new();
-    if capped {
-        for r in
-            sqlx::query("SELECT queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_error)?
-        {
-            running.insert(
-                r.try_get(0).map_err(db_error)?,
-                r.try_get::<i64, _>(1).map_err(db_error)?.max(0) as u64,
-            );
-        }
-    }
-    let total_running: u64 = running.values().sum();
-    let global_room = global.map_or(u64::MAX, |g| g.saturating_sub(total_running));
-    let take = u64::from(p.limit).min(global_room);
-    if take == 0 {
-        rollback(tx).await?;
-        return Ok(Vec::new());
-    }
-
-    // Per-queue room for the queues this claimer may take from.
-    let mut room: HashMap<String, u64> = HashMap::new();
-    for q in queues {
-        if p.queues
-            .as_ref()
-            .is_some_and(|wanted| !wanted.contains(&q.name))
-        {
-            continue;
-        }
-        if q.paused {
-            continue;
-        }
-        let cap = q.concurrency.map_or(u64::MAX, |c| c.max(0) as u64);
-        let free = cap.saturating_sub(running.get(&q.name).copied().unwrap_or(0));
-        if free > 0 {
-            room.insert(q.name.clone(), free);
-        }
-    }
-    if room.is_empty() {
-        rollback(tx).await?;
-        return Ok(Vec::new());
-    }
-
-    // The head of each eligible queue, in one statement: the claim index per
-    // queue, locking what it returns and skipping rows others hold.
-    let kind_clause = match &p.kinds {
-        KindFilter::Any => "",
-        KindFilter::Only { kinds, commands } => match (kinds.is_empty(), commands) {
-            (true, true) => " AND command IS NOT NULL",
-            (true, false) => " AND FALSE",
-            (false, true) => " AND (kind = ANY($3::text[]) OR command IS NOT NULL)",
-            (false, false) => " AND kind = ANY($3::text[])",
-        },
-    };
-    let select = format!(
-        "SELECT c.id, c.priority, c.available_at, c.queue \
-         FROM unnest($1::text[], $2::bigint[]) AS r(queue, room) \
-         CROSS JOIN LATERAL ( \
-           SELECT id, priority, available_at, queue FROM jobs \
-           WHERE state = 'available' AND queue = r.queue{kind_clause} \
-           ORDER BY priority, available_at, id LIMIT r.room \
-           FOR UPDATE SKIP LOCKED) AS c"
-    );
-    let (names, rooms): (Vec<&str>, Vec<i64>) = room
-        .iter()
-        .map(|(q, free)| (q.as_str(), (*free).min(take) as i64))
-        .unzip();
-    let mut q = sqlx::query(AssertSqlSafe(select)).bind(names).bind(rooms);
-    if let KindFilter::Only { kinds, .. } = &p.kinds
-        && !kinds.is_empty()
-    {
-        q = q.bind(kinds);
-    }
-    // (priority, available_at, id, queue)
-    let candidates: Vec<(i32, i64, i64, String)> = q
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .iter()
-        .map(|r| Ok((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?, r.try_get(3)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(db_error)?;
-    let picked = pick_claims(candidates, room, take);
+    // Forced runs first, under the same claim lock: they skip the cap check
+    // at this, their first, claim, and count toward the caps (also for the
+    // rest of this claim) while they run.
+    let forced =
+        crate::schedule::forced_candidates(&mut tx, p.queues.as_deref(), &p.kinds, p.limit).await?;
+    let limit = p.limit - forced.len() as u32;
+    let mut picked = pick_under_caps(&mut tx, p, limit, global, queues, capped, &forced).await?;
+    picked.extend(forced.iter().map(|(id, _)| *id));
     if picked.is_empty() {
         rollback(tx).await?;
         return Ok(Vec::new());
@@ -538,12 +461,127 @@ async fn claim_locked(
         .map_err(db_error)?;
     let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
     jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
+    crate::schedule::record_claims(&mut tx, &jobs, now).await?;
     let events: Vec<PendingEvent> = jobs
         .iter()
         .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
         .collect();
     commit(tx, store, now, &events, Notify::DEADLINES).await?;
     Ok(jobs)
+}
+
+/// The jobs (locked) a claim of up to `limit` takes under the caps, counting
+/// the forced runs it is also taking as running and never picking them
+/// again.
+async fn pick_under_caps(
+    tx: &mut Tx,
+    p: &ClaimParams,
+    limit: u32,
+    global: Option<u64>,
+    queues: &[QueueRow],
+    capped: bool,
+    forced: &[(JobId, String)],
+) -> Result<Vec<JobId>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut running: HashMap<String, u64> = HashMap::new();
+    if capped {
+        for r in
+            sqlx::query("SELECT queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue")
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db_error)?
+        {
+            running.insert(
+                r.try_get(0).map_err(db_error)?,
+                r.try_get::<i64, _>(1).map_err(db_error)?.max(0) as u64,
+            );
+        }
+    }
+    for (_, queue) in forced {
+        *running.entry(queue.clone()).or_default() += 1;
+    }
+    let total_running: u64 = running.values().sum();
+    let global_room = global.map_or(u64::MAX, |g| g.saturating_sub(total_running));
+    let take = u64::from(limit).min(global_room);
+    if take == 0 {
+        return Ok(Vec::new());
+    }
+
+    // Per-queue room for the queues this claimer may take from.
+    let mut room: HashMap<String, u64> = HashMap::new();
+    for q in queues {
+        if p.queues
+            .as_ref()
+            .is_some_and(|wanted| !wanted.contains(&q.name))
+        {
+            continue;
+        }
+        if q.paused {
+            continue;
+        }
+        let cap = q.concurrency.map_or(u64::MAX, |c| c.max(0) as u64);
+        let free = cap.saturating_sub(running.get(&q.name).copied().unwrap_or(0));
+        if free > 0 {
+            room.insert(q.name.clone(), free);
+        }
+    }
+    if room.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // The head of each eligible queue, in one statement: the claim index per
+    // queue, locking what it returns and skipping rows others hold (and the
+    // forced runs this claim already holds).
+    let (exclude, kinds_param) = if forced.is_empty() {
+        ("", "$3")
+    } else {
+        (" AND id <> ALL($3::bigint[])", "$4")
+    };
+    let kind_clause = match &p.kinds {
+        KindFilter::Any => String::new(),
+        KindFilter::Only { kinds, commands } => match (kinds.is_empty(), commands) {
+            (true, true) => " AND command IS NOT NULL".to_string(),
+            (true, false) => " AND FALSE".to_string(),
+            (false, true) => {
+                format!(" AND (kind = ANY({kinds_param}::text[]) OR command IS NOT NULL)")
+            }
+            (false, false) => format!(" AND kind = ANY({kinds_param}::text[])"),
+        },
+    };
+    let select = format!(
+        "SELECT c.id, c.priority, c.available_at, c.queue \
+         FROM unnest($1::text[], $2::bigint[]) AS r(queue, room) \
+         CROSS JOIN LATERAL ( \
+           SELECT id, priority, available_at, queue FROM jobs \
+           WHERE state = 'available' AND queue = r.queue{exclude}{kind_clause} \
+           ORDER BY priority, available_at, id LIMIT r.room \
+           FOR UPDATE SKIP LOCKED) AS c"
+    );
+    let (names, rooms): (Vec<&str>, Vec<i64>) = room
+        .iter()
+        .map(|(q, free)| (q.as_str(), (*free).min(take) as i64))
+        .unzip();
+    let mut q = sqlx::query(AssertSqlSafe(select)).bind(names).bind(rooms);
+    if !forced.is_empty() {
+        q = q.bind(forced.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+    }
+    if let KindFilter::Only { kinds, .. } = &p.kinds
+        && !kinds.is_empty()
+    {
+        q = q.bind(kinds);
+    }
+    // (priority, available_at, id, queue)
+    let candidates: Vec<(i32, i64, i64, String)> = q
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| Ok((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?, r.try_get(3)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_error)?;
+    Ok(pick_claims(candidates, room, take))
 }
 
 pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Result<HeartbeatAck> {
@@ -642,13 +680,14 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
         return Ok(Vec::new());
     }
     let mut tx = store.begin().await?;
-    let now = store.db_now(&mut tx).await?;
-    // Lock every row of the batch up front, in id order, so two batches (or
-    // a batch and a cancel) can never deadlock; the fenced writes below then
-    // see rows nobody else can change.
     let mut ids: Vec<i64> = batch.iter().map(|f| f.job).collect();
     ids.sort_unstable();
     ids.dedup();
+    // The schedules of the batch's jobs first (their settlements below), then
+    // every row of the batch, in id order, so two batches (or a batch and a
+    // cancel, or a firing) can never deadlock; the fenced writes below then
+    // see rows nobody else can change.
+    let now = crate::schedule::now_locking_schedules_of(store, &mut tx, &ids).await?;
     sqlx::query("SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE")
         .bind(&ids)
         .execute(&mut *tx)
@@ -725,14 +764,23 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
         freed |= answer.is_ok();
         answers.push(answer);
     }
+    let ended: Vec<Job> = answers
+        .iter()
+        .flatten()
+        .filter(|j| reeve_store::settle::settles(j))
+        .cloned()
+        .collect();
+    let settled = crate::schedule::settle_jobs(store, &mut tx, &ended, now).await?;
     let notify = if freed { Notify::BOTH } else { Notify::NONE };
     commit(tx, store, now, &events, notify).await?;
+    crate::schedule::emit_settled(&settled);
     Ok(answers)
 }
 
 pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {
     let mut tx = store.begin().await?;
-    let now = store.db_now(&mut tx).await?;
+    // The job's schedule before the job (see `finish`).
+    let now = crate::schedule::now_locking_schedules_of(store, &mut tx, &[id]).await?;
     let job = load_job(&mut tx, id, true).await?;
     let (updated, event) = match job.state {
         JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
@@ -788,7 +836,10 @@ pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {
             (job, event)
         }
     };
+    let settled =
+        crate::schedule::settle_jobs(store, &mut tx, std::slice::from_ref(&updated), now).await?;
     commit(tx, store, now, &[event], Notify::DEADLINES).await?;
+    crate::schedule::emit_settled(&settled);
     Ok(updated)
 }
 
@@ -846,15 +897,37 @@ pub(crate) async fn retry(store: &PostgresStore, id: JobId) -> Result<Job> {
 pub(crate) async fn reap_expired(store: &PostgresStore, limit: u32) -> Result<Vec<Job>> {
     let mut tx = store.begin().await?;
     let now = store.db_now(&mut tx).await?;
+    // The candidates unlocked first: a scheduled job's schedule must be
+    // locked before the job (see `finish`).
+    let candidates: Vec<(JobId, Option<String>)> = sqlx::query_as(
+        "SELECT id, schedule FROM jobs WHERE state = 'running' AND lease_expires_at <= $1 \
+         ORDER BY lease_expires_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if candidates.is_empty() {
+        rollback(tx).await?;
+        return Ok(Vec::new());
+    }
+    let ids: Vec<JobId> = candidates.iter().map(|(id, _)| *id).collect();
+    if candidates.iter().any(|(_, s)| s.is_some()) {
+        crate::schedule::lock_schedules_of(&mut tx, &ids).await?;
+    }
     // SKIP LOCKED: a run being finished or cancelled right now is left to
-    // that transaction (or to the next reap).
+    // that transaction (or to the next reap); the conditions again, since
+    // the candidates were read unlocked.
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires_at <= $1 \
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($3::bigint[]) \
+           AND state = 'running' AND lease_expires_at <= $1 \
          ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now)
         .bind(i64::from(limit))
+        .bind(&ids)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -875,7 +948,9 @@ pub(crate) async fn reap_expired(store: &PostgresStore, limit: u32) -> Result<Ve
         );
         reaped.push(updated);
     }
+    let settled = crate::schedule::settle_jobs(store, &mut tx, &reaped, now).await?;
     commit(tx, store, now, &events, Notify::BOTH).await?;
+    crate::schedule::emit_settled(&settled);
     Ok(reaped)
 }
 

@@ -11,6 +11,9 @@
 //! - [`apply`]: schedule files (TOML, JSON) for `reeve apply`, all errors at
 //!   once.
 //! - [`collision`]: the 5-minute-bucket collision warning.
+//! - [`forecast`](mod@forecast): the capacity forecast for `reeve forecast`:
+//!   predicted slot waits and overlaps under the caps, and minute offsets
+//!   that remove the waits.
 //!
 //! **Architecture invariant:** no I/O and no clock. Every function takes the
 //! instants it needs; nothing here reads a file, a database or `now()`. The
@@ -20,12 +23,14 @@
 pub mod apply;
 pub mod collision;
 pub mod cron;
+pub mod forecast;
 pub mod policy;
 pub mod rule;
 pub mod spec;
 
 pub use apply::{ApplyError, ApplyErrors, Format, Loaded, load_all, parse_file};
 pub use collision::{Collision, Planned, collisions};
+pub use forecast::{Busy, Caps, Forecast, ForecastInput, ScheduleForecast, Suggestion, forecast};
 pub use policy::{
     MisfirePlan, MisfirePolicy, OverlapPolicy, ScheduleStatus, misfire_fire_times, misfire_plan,
 };

@@ -23,9 +23,10 @@ use async_trait::async_trait;
 use reeve_core::{Event, Job, JobFilter, JobId, Page, Timestamp};
 use reeve_schedule::ScheduleStatus;
 use reeve_store::{
-    ClaimParams, Enqueued, Finish, FireParams, FireResult, FiringRecord, HeartbeatAck,
-    HeartbeatParams, Limits, NextFire, QueueInfo, QueuePatch, QueueSettings, Result, RunOutput,
-    SchedulePut, ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError,
+    AuditRecord, ClaimParams, DeferParams, DeferResult, Enqueued, Finish, FireParams, FireResult,
+    FiringQuery, FiringRecord, HeartbeatAck, HeartbeatParams, Limits, NewAudit, NextFire, Pressure,
+    QueueInfo, QueuePatch, QueueSettings, Result, RunOutput, SchedulePut, ScheduleRecord, Signals,
+    StatusCounts, Store, StoreConfig, StoreError, TypicalDurations,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -42,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "schedules",
         include_str!("../migrations/0002_schedules.sql"),
+    ),
+    (
+        3,
+        "schedule_runs",
+        include_str!("../migrations/0003_schedule_runs.sql"),
     ),
 ];
 
@@ -263,7 +269,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "SELECT (SELECT min(lease_expires_at) FROM jobs WHERE state = 'running'), \
                     (SELECT min(available_at) FROM jobs WHERE state IN ('scheduled', 'retryable')), \
-                    (SELECT min(next_fire_at) FROM schedules WHERE status = 'active')",
+                    (SELECT min(max(next_fire_at, coalesce(defer_until, next_fire_at))) \
+                       FROM schedules WHERE status = 'active')",
         )
         .fetch_one(&self.reader)
         .await
@@ -528,7 +535,47 @@ impl Store for SqliteStore {
         schedule::fire(self, p).await
     }
 
-    async fn firings(&self, schedule: &str, limit: u32) -> Result<Vec<FiringRecord>> {
-        schedule::firings(self, schedule, limit).await
+    async fn firing_history(
+        &self,
+        schedule: &str,
+        query: FiringQuery,
+    ) -> Result<Vec<FiringRecord>> {
+        schedule::firings(self, schedule, query).await
+    }
+
+    async fn defer_firing(&self, p: DeferParams) -> Result<DeferResult> {
+        schedule::defer_firing(self, p).await
+    }
+
+    async fn prune_firings(&self, older_than: Duration, batch: u32) -> Result<u64> {
+        schedule::prune_firings(self, older_than, batch).await
+    }
+
+    async fn typical_durations(
+        &self,
+        schedules: &[String],
+        kinds: &[String],
+    ) -> Result<TypicalDurations> {
+        schedule::typical_durations(self, schedules, kinds).await
+    }
+
+    async fn raise_pressure(&self, source: &str, ttl: Duration) -> Result<Pressure> {
+        schedule::raise_pressure(self, source, ttl).await
+    }
+
+    async fn clear_pressure(&self, source: &str) -> Result<bool> {
+        schedule::clear_pressure(self, source).await
+    }
+
+    async fn list_pressure(&self) -> Result<Vec<Pressure>> {
+        schedule::list_pressure(self).await
+    }
+
+    async fn record_audit(&self, audit: NewAudit) -> Result<AuditRecord> {
+        schedule::record_audit(self, audit).await
+    }
+
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        schedule::list_audit(self, limit).await
     }
 }

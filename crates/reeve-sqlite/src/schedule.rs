@@ -12,13 +12,17 @@
 use reeve_core::time::duration_millis;
 use reeve_core::{Actor, EventKind, JobId, JobState, Timestamp};
 use reeve_schedule::ScheduleStatus;
+use reeve_store::operator::{CapacityFull, full_cap, median_ms};
 use reeve_store::schedule::{
-    LIVE_STATES_SQL, OverlapDecision, emit_firing, firing_job, overlap_decision,
+    LIVE_STATES_SQL, OverlapDecision, audit_for_job, defer_until, emit_firing, firing_job,
+    overlap_decision,
 };
+use reeve_store::settle::{Settlement, ledger_end, settle, settles};
 use reeve_store::transition::{PendingEvent, enqueued_event, materialize, with_id};
 use reeve_store::{
-    FireParams, FireResult, FiringOutcome, FiringRecord, NextFire, Result, SchedulePut,
-    ScheduleRecord, StoreError,
+    AuditRecord, DeferParams, DeferResult, FireParams, FireResult, FiringOutcome, FiringQuery,
+    FiringRecord, NewAudit, NextFire, Pressure, Result, SchedulePut, ScheduleRecord, StoreError,
+    TypicalDurations,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
@@ -28,9 +32,12 @@ use crate::rows::{JOB_COLUMNS, db_error, job_from_row};
 use crate::write::{commit, insert_events, insert_jobs};
 
 const SCHEDULE_COLUMNS: &str = "name, spec, status, paused_reason, next_fire_at, anchor, \
-    last_nominal, generic_streak, budget_streak, max_turns_set_at, created_at, updated_at";
+    last_nominal, generic_streak, budget_streak, max_turns_set_at, created_at, updated_at, \
+    defer_until, deferrals, probe_job";
 
-const FIRING_COLUMNS: &str = "id, schedule, nominal_at, nominal_until, outcome, job_id, at, detail";
+const FIRING_COLUMNS: &str = "id, schedule, nominal_at, nominal_until, outcome, job_id, at, detail, \
+    claimed_at, slot_wait_ms, running_at_claim, finished_at, state, failure_reason, duration_ms, \
+    turns, max_turns, deferrals";
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Database {
@@ -59,6 +66,9 @@ fn schedule_from_row(row: &SqliteRow) -> Result<ScheduleRecord> {
         max_turns_set_at: ts(row.get(9)),
         created_at: Timestamp(row.get(10)),
         updated_at: Timestamp(row.get(11)),
+        defer_until: ts(row.get(12)),
+        deferrals: row.get::<i64, _>(13) as i32,
+        probe_job: row.get(14),
     })
 }
 
@@ -72,6 +82,16 @@ fn firing_from_row(row: &SqliteRow) -> FiringRecord {
         job_id: row.get(5),
         at: Timestamp(row.get(6)),
         detail: row.get(7),
+        claimed_at: ts(row.get(8)),
+        slot_wait_ms: row.get(9),
+        running_at_claim: row.get(10),
+        finished_at: ts(row.get(11)),
+        state: row.get(12),
+        failure_reason: row.get(13),
+        duration_ms: row.get(14),
+        turns: row.get(15),
+        max_turns: row.get(16),
+        deferrals: row.get::<i64, _>(17) as i32,
     }
 }
 
@@ -183,7 +203,9 @@ pub(crate) async fn set_schedule_status(
 pub(crate) async fn due_schedules(store: &SqliteStore, limit: u32) -> Result<Vec<ScheduleRecord>> {
     let sql = format!(
         "SELECT {SCHEDULE_COLUMNS} FROM schedules \
-         WHERE status = 'active' AND next_fire_at <= ? ORDER BY next_fire_at, name LIMIT ?"
+         WHERE status = 'active' AND next_fire_at <= ?1 \
+           AND (defer_until IS NULL OR defer_until <= ?1) \
+         ORDER BY next_fire_at, name LIMIT ?2"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(store.now_ms())
@@ -197,31 +219,34 @@ pub(crate) async fn due_schedules(store: &SqliteStore, limit: u32) -> Result<Vec
 pub(crate) async fn firings(
     store: &SqliteStore,
     schedule: &str,
-    limit: u32,
+    query: FiringQuery,
 ) -> Result<Vec<FiringRecord>> {
     let sql = format!(
-        "SELECT {FIRING_COLUMNS} FROM firings WHERE schedule = ? \
-         ORDER BY nominal_at DESC, id DESC LIMIT ?"
+        "SELECT {FIRING_COLUMNS} FROM firings WHERE schedule = ?1 AND (?2 IS NULL OR nominal_at <= ?2) \
+         ORDER BY nominal_at DESC, id DESC LIMIT ?3"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(schedule)
-        .bind(i64::from(limit))
+        .bind(query.at_or_before.map(|t| t.0))
+        .bind(i64::from(query.limit))
         .fetch_all(&store.reader)
         .await
         .map_err(db_error)?;
     Ok(rows.iter().map(firing_from_row).collect())
 }
 
+/// Whether the ledger already holds a handled row for this nominal time (a
+/// `deferred` row is a placeholder, not a handled firing).
 async fn in_ledger(tx: &mut Transaction<'static, Sqlite>, schedule: &str, at: i64) -> Result<bool> {
-    Ok(
-        sqlx::query("SELECT 1 FROM firings WHERE schedule = ? AND nominal_at = ?")
-            .bind(schedule)
-            .bind(at)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db_error)?
-            .is_some(),
+    Ok(sqlx::query(
+        "SELECT 1 FROM firings WHERE schedule = ? AND nominal_at = ? AND outcome <> 'deferred'",
     )
+    .bind(schedule)
+    .bind(at)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_error)?
+    .is_some())
 }
 
 /// Advances the schedule per `next` (and `last_nominal` with it).
@@ -234,7 +259,8 @@ async fn advance(
 ) -> Result<()> {
     if let NextFire::Set(next) = next {
         sqlx::query(
-            "UPDATE schedules SET next_fire_at = ?, last_nominal = ?, updated_at = ? WHERE name = ?",
+            "UPDATE schedules SET next_fire_at = ?, last_nominal = ?, updated_at = ?, \
+               defer_until = NULL, deferrals = 0 WHERE name = ?",
         )
         .bind(next.map(|t| t.0))
         .bind(nominal)
@@ -250,12 +276,14 @@ async fn advance(
 pub(crate) async fn fire(store: &SqliteStore, p: FireParams) -> Result<FireResult> {
     let mut tx = store.begin().await?;
     let now = store.now_ms();
-    let stored: Option<Option<i64>> =
-        sqlx::query_scalar("SELECT next_fire_at FROM schedules WHERE name = ?")
+    let stored: Option<(Option<i64>, i64)> =
+        sqlx::query_as("SELECT next_fire_at, deferrals FROM schedules WHERE name = ?")
             .bind(&p.schedule)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
+    let deferrals = stored.map_or(0, |(_, d)| d);
+    let stored = stored.map(|(next, _)| next);
     match (stored, p.expected_next) {
         (None, None) => return Err(StoreError::ScheduleNotFound(p.schedule)),
         (None, Some(_)) => return Ok(FireResult::LostRace),
@@ -278,6 +306,13 @@ pub(crate) async fn fire(store: &SqliteStore, p: FireParams) -> Result<FireResul
         while in_ledger(&mut tx, &p.schedule, nominal).await? {
             nominal += 1;
         }
+    }
+
+    if p.require_capacity
+        && let Some(job) = &p.job
+        && let Some(full) = capacity_full(&mut tx, &job.queue).await?
+    {
+        return Ok(FireResult::CapacityFull(full));
     }
 
     let mut events = Vec::new();
@@ -372,9 +407,19 @@ pub(crate) async fn fire(store: &SqliteStore, p: FireParams) -> Result<FireResul
             }
         }
     };
+    // A deferred placeholder row becomes this firing's row.
     sqlx::query(
-        "INSERT INTO firings (schedule, nominal_at, nominal_until, outcome, job_id, at, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "DELETE FROM firings WHERE schedule = ? AND nominal_at = ? AND outcome = 'deferred'",
+    )
+    .bind(&p.schedule)
+    .bind(nominal)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO firings (schedule, nominal_at, nominal_until, outcome, job_id, at, detail, \
+           max_turns, deferrals) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&p.schedule)
     .bind(nominal)
@@ -383,9 +428,31 @@ pub(crate) async fn fire(store: &SqliteStore, p: FireParams) -> Result<FireResul
     .bind(job_id)
     .bind(now)
     .bind(detail)
+    .bind(match &result {
+        FireResult::Fired(job) => job.max_turns,
+        _ => None,
+    })
+    .bind(if p.expected_next.is_some() {
+        deferrals
+    } else {
+        0
+    })
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
+    if let FireResult::Fired(job) = &result {
+        if p.probe {
+            sqlx::query("UPDATE schedules SET probe_job = ? WHERE name = ?")
+                .bind(job.id)
+                .bind(&p.schedule)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        if let Some(audit) = p.audit.clone() {
+            insert_audit(&mut tx, now, audit_for_job(audit, job)).await?;
+        }
+    }
     advance(&mut tx, &p.schedule, p.next, nominal, now).await?;
     insert_events(&mut tx, now, &events).await?;
     commit(tx, now, &events).await?;
@@ -425,4 +492,408 @@ async fn insert_job(
     }
     let ids = insert_jobs(tx, &[&job]).await?;
     Ok(Ok(with_id(job, ids[0])))
+}
+
+/// The first full cap a new job in `queue` would meet (global first), read
+/// inside the caller's write transaction.
+async fn capacity_full(
+    tx: &mut Transaction<'static, Sqlite>,
+    queue: &str,
+) -> Result<Option<CapacityFull>> {
+    let global: Option<u32> = sqlx::query_scalar::<_, String>(
+        "SELECT value FROM settings WHERE key = 'global_concurrency'",
+    )
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_error)?
+    .and_then(|v| v.parse().ok());
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM jobs WHERE state = 'running'), \
+                (SELECT COUNT(*) FROM jobs WHERE state = 'running' AND queue = ?1), \
+                (SELECT concurrency FROM queues WHERE name = ?1), \
+                coalesce((SELECT paused FROM queues WHERE name = ?1), 0)",
+    )
+    .bind(queue)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(full_cap(
+        global,
+        row.get::<i64, _>(0) as u64,
+        queue,
+        row.get::<Option<i64>, _>(2).map(|c| c.max(0) as u32),
+        row.get::<i64, _>(3) != 0,
+        row.get::<i64, _>(1) as u64,
+    ))
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    now: i64,
+    audit: NewAudit,
+) -> Result<AuditRecord> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(now)
+    .bind(&audit.actor)
+    .bind(&audit.action)
+    .bind(&audit.target)
+    .bind(audit.detail.to_string())
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(AuditRecord {
+        id,
+        at: Timestamp(now),
+        actor: audit.actor,
+        action: audit.action,
+        target: audit.target,
+        detail: audit.detail,
+    })
+}
+
+pub(crate) async fn record_audit(store: &SqliteStore, audit: NewAudit) -> Result<AuditRecord> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let record = insert_audit(&mut tx, now, audit).await?;
+    commit(tx, now, &[]).await?;
+    Ok(record)
+}
+
+pub(crate) async fn list_audit(store: &SqliteStore, limit: u32) -> Result<Vec<AuditRecord>> {
+    let rows = sqlx::query(
+        "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(&store.reader)
+    .await
+    .map_err(db_error)?;
+    rows.iter()
+        .map(|r| {
+            let detail: String = r.get(5);
+            Ok(AuditRecord {
+                id: r.get(0),
+                at: Timestamp(r.get(1)),
+                actor: r.get(2),
+                action: r.get(3),
+                target: r.get(4),
+                detail: serde_json::from_str(&detail).map_err(|e| corrupt("audit detail", e))?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn defer_firing(store: &SqliteStore, p: DeferParams) -> Result<DeferResult> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let Some(until) = defer_until(Timestamp(now), p.expected_next, p.delay, p.max_defer) else {
+        return Ok(DeferResult::FireNow);
+    };
+    let deferrals: Option<i64> = sqlx::query_scalar(
+        "UPDATE schedules SET defer_until = ?1, deferrals = deferrals + 1, updated_at = ?2 \
+         WHERE name = ?3 AND next_fire_at = ?4 AND status = 'active' RETURNING deferrals",
+    )
+    .bind(until.0)
+    .bind(now)
+    .bind(&p.schedule)
+    .bind(p.expected_next.0)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let Some(deferrals) = deferrals else {
+        return Ok(DeferResult::LostRace);
+    };
+    sqlx::query(
+        "INSERT INTO firings (schedule, nominal_at, outcome, at, detail, deferrals) \
+         VALUES (?1, ?2, 'deferred', ?3, ?4, ?5) \
+         ON CONFLICT (schedule, nominal_at) DO UPDATE SET at = ?3, detail = ?4, deferrals = ?5 \
+         WHERE outcome = 'deferred'",
+    )
+    .bind(&p.schedule)
+    .bind(p.expected_next.0)
+    .bind(now)
+    .bind(&p.detail)
+    .bind(deferrals)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    commit(tx, now, &[]).await?;
+    if reeve_store::log::enabled() {
+        emit_firing(&p.schedule, p.expected_next, FiringOutcome::Deferred, None);
+    }
+    store.signals.deadlines_changed();
+    Ok(DeferResult::Deferred {
+        until,
+        deferrals: deferrals as i32,
+    })
+}
+
+pub(crate) async fn prune_firings(
+    store: &SqliteStore,
+    older_than: std::time::Duration,
+    batch: u32,
+) -> Result<u64> {
+    let cutoff = store.now_ms().saturating_sub(duration_millis(older_than));
+    let done = sqlx::query(
+        "DELETE FROM firings WHERE id IN (SELECT id FROM firings WHERE at < ? ORDER BY at LIMIT ?)",
+    )
+    .bind(cutoff)
+    .bind(i64::from(batch))
+    .execute(&store.writer)
+    .await
+    .map_err(db_error)?;
+    Ok(done.rows_affected())
+}
+
+/// Runs whose median is a typical duration.
+const TYPICAL_OF: i64 = 20;
+
+pub(crate) async fn typical_durations(
+    store: &SqliteStore,
+    schedules: &[String],
+    kinds: &[String],
+) -> Result<TypicalDurations> {
+    let mut out = TypicalDurations::default();
+    for name in schedules {
+        let observed: Vec<i64> = sqlx::query_scalar(
+            "SELECT duration_ms FROM firings WHERE schedule = ? AND duration_ms IS NOT NULL \
+               AND state = 'succeeded' ORDER BY nominal_at DESC LIMIT ?",
+        )
+        .bind(name)
+        .bind(TYPICAL_OF)
+        .fetch_all(&store.reader)
+        .await
+        .map_err(db_error)?;
+        if let Some(ms) = median_ms(observed) {
+            out.by_schedule
+                .insert(name.clone(), std::time::Duration::from_millis(ms as u64));
+        }
+    }
+    for kind in kinds {
+        // The newest finished jobs first (by the finished_at index); bounded
+        // so a kind that never succeeded cannot scan the whole table.
+        let observed: Vec<i64> = sqlx::query_scalar(
+            "SELECT finished_at - claimed_at FROM ( \
+               SELECT kind, state, finished_at, claimed_at FROM jobs \
+               WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 5000) \
+             WHERE kind = ? AND state = 'succeeded' AND claimed_at IS NOT NULL LIMIT ?",
+        )
+        .bind(kind)
+        .bind(TYPICAL_OF)
+        .fetch_all(&store.reader)
+        .await
+        .map_err(db_error)?;
+        if let Some(ms) = median_ms(observed) {
+            out.by_kind.insert(
+                kind.clone(),
+                std::time::Duration::from_millis(ms.max(0) as u64),
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn raise_pressure(
+    store: &SqliteStore,
+    source: &str,
+    ttl: std::time::Duration,
+) -> Result<Pressure> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let expires = now.saturating_add(duration_millis(ttl));
+    sqlx::query("DELETE FROM pressure WHERE expires_at <= ?")
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let raised: i64 = sqlx::query_scalar(
+        "INSERT INTO pressure (source, raised_at, expires_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (source) DO UPDATE SET expires_at = ?3 RETURNING raised_at",
+    )
+    .bind(source)
+    .bind(now)
+    .bind(expires)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    commit(tx, now, &[]).await?;
+    Ok(Pressure {
+        source: source.to_string(),
+        raised_at: Timestamp(raised),
+        expires_at: Timestamp(expires),
+    })
+}
+
+pub(crate) async fn clear_pressure(store: &SqliteStore, source: &str) -> Result<bool> {
+    let mut tx = store.begin().await?;
+    let now = store.now_ms();
+    let gone = sqlx::query("DELETE FROM pressure WHERE source = ? AND expires_at > ?")
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected()
+        > 0;
+    sqlx::query(
+        "UPDATE schedules SET defer_until = NULL WHERE defer_until IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM pressure WHERE expires_at > ?)",
+    )
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    commit(tx, now, &[]).await?;
+    store.signals.deadlines_changed();
+    Ok(gone)
+}
+
+pub(crate) async fn list_pressure(store: &SqliteStore) -> Result<Vec<Pressure>> {
+    let rows = sqlx::query(
+        "SELECT source, raised_at, expires_at FROM pressure WHERE expires_at > ? ORDER BY source",
+    )
+    .bind(store.now_ms())
+    .fetch_all(&store.reader)
+    .await
+    .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| Pressure {
+            source: r.get(0),
+            raised_at: Timestamp(r.get(1)),
+            expires_at: Timestamp(r.get(2)),
+        })
+        .collect())
+}
+
+/// Forced firings' jobs not yet claimed, claimable by this claimer: they
+/// are claimed first and skip the cap check at this, their first, claim
+/// (SPEC §3). Paused queues stay paused.
+pub(crate) async fn forced_candidates(
+    tx: &mut Transaction<'static, Sqlite>,
+    queues: Option<&[String]>,
+) -> Result<Vec<(JobId, String, String, bool)>> {
+    let rows = sqlx::query(
+        "SELECT j.id, j.queue, j.kind, j.command IS NOT NULL FROM firings f JOIN jobs j ON j.id = f.job_id \
+         WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND j.state = 'available' \
+           AND NOT coalesce((SELECT paused FROM queues q WHERE q.name = j.queue), 0) \
+         ORDER BY j.id",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<bool, _>(3)))
+        .filter(|(_, q, _, _): &(JobId, String, String, bool)| {
+            queues.is_none_or(|wanted| wanted.contains(q))
+        })
+        .collect())
+}
+
+/// Records the first claim of scheduled jobs in their ledger rows: when, the
+/// slot wait, and how many jobs were running right after it.
+pub(crate) async fn record_claims(
+    tx: &mut Transaction<'static, Sqlite>,
+    jobs: &[reeve_core::Job],
+    now: i64,
+) -> Result<()> {
+    let scheduled: Vec<&reeve_core::Job> = jobs.iter().filter(|j| j.schedule.is_some()).collect();
+    if scheduled.is_empty() {
+        return Ok(());
+    }
+    let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    for job in scheduled {
+        sqlx::query(
+            "UPDATE firings SET claimed_at = ?1, slot_wait_ms = max(0, ?1 - ?2), running_at_claim = ?3 \
+             WHERE job_id = ?4 AND claimed_at IS NULL",
+        )
+        .bind(now)
+        .bind(job.available_at.0)
+        .bind(running)
+        .bind(job.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Settles the scheduled jobs among `jobs` that just became terminal, in the
+/// caller's transaction: their ledger rows, then their schedules' streaks,
+/// auto-pause and probe (see `reeve_store::settle`). Returns what changed,
+/// for the log lines after the commit.
+pub(crate) async fn settle_jobs(
+    store: &SqliteStore,
+    tx: &mut Transaction<'static, Sqlite>,
+    jobs: &[reeve_core::Job],
+    now: i64,
+) -> Result<Vec<(String, Settlement)>> {
+    let mut out = Vec::new();
+    for job in jobs.iter().filter(|j| settles(j)) {
+        let schedule = job.schedule.as_deref().expect("settles() checked it");
+        let end = ledger_end(job, now);
+        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = ?");
+        let record = match sqlx::query(AssertSqlSafe(sql))
+            .bind(schedule)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_error)?
+        {
+            Some(row) => Some(schedule_from_row(&row)?),
+            None => None,
+        };
+        let settlement = record
+            .as_ref()
+            .map(|r| settle(r, job, &store.config.streaks, Timestamp(now)));
+        sqlx::query(
+            "UPDATE firings SET finished_at = ?1, duration_ms = ?2, turns = ?3, max_turns = ?4, \
+               state = ?5, failure_reason = ?6, \
+               detail = CASE WHEN ?7 IS NULL THEN detail \
+                             WHEN detail IS NULL THEN ?7 ELSE detail || '; ' || ?7 END \
+             WHERE job_id = ?8",
+        )
+        .bind(end.finished_at)
+        .bind(end.duration_ms)
+        .bind(end.turns)
+        .bind(end.max_turns)
+        .bind(end.state)
+        .bind(end.failure_reason)
+        .bind(settlement.as_ref().and_then(|s| s.note.as_deref()))
+        .bind(job.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        let (Some(record), Some(s)) = (record, settlement) else {
+            continue;
+        };
+        if !s.changes(&record) {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE schedules SET generic_streak = ?1, budget_streak = ?2, status = ?3, \
+               paused_reason = ?4, next_fire_at = ?5, probe_job = ?6, updated_at = ?7 \
+             WHERE name = ?8",
+        )
+        .bind(s.generic_streak)
+        .bind(s.budget_streak)
+        .bind(s.status.as_str())
+        .bind(s.paused_reason.as_deref())
+        .bind(s.next_fire_at.map(|t| t.0))
+        .bind(s.probe_job)
+        .bind(now)
+        .bind(schedule)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        if let Some(audit) = reeve_store::settle::audit_of(schedule, job, &s) {
+            insert_audit(tx, now, audit).await?;
+        }
+        out.push((schedule.to_string(), s));
+    }
+    Ok(out)
 }

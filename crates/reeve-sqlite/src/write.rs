@@ -90,6 +90,13 @@ async fn copy_events(
     Ok(())
 }
 
+/// The log lines of committed settlements (auto-pauses, probe ends).
+fn emit_settled(settled: &[(String, reeve_store::settle::Settlement)]) {
+    for (schedule, s) in settled {
+        reeve_store::settle::emit_settlement(schedule, s);
+    }
+}
+
 pub(crate) async fn commit(
     tx: Transaction<'static, Sqlite>,
     at: i64,
@@ -256,16 +263,82 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
     let mut tx = store.begin().await?;
     let now = store.now_ms();
 
+    // Forced runs first: they skip the cap check at this, their first, claim
+    // (they count toward the caps while they run).
+    let forced: Vec<(JobId, String)> =
+        crate::schedule::forced_candidates(&mut tx, p.queues.as_deref())
+            .await?
+            .into_iter()
+            .filter(|(_, _, kind, command)| p.kinds.accepts(kind, *command))
+            .map(|(id, queue, _, _)| (id, queue))
+            .take(p.limit as usize)
+            .collect();
+    let limit = p.limit - forced.len() as u32;
+    let mut picked = pick_under_caps(&mut tx, &p, limit, &forced).await?;
+    picked.retain(|id| !forced.iter().any(|(f, _)| f == id));
+    picked.extend(forced.iter().map(|(id, _)| *id));
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders = vec!["?"; picked.len()].join(",");
+    let update = format!(
+        "UPDATE jobs SET state = 'running', epoch = epoch + 1, attempt = attempt + 1, \
+           claimed_by = ?, claimed_at = ?, heartbeat_at = ?, heartbeats = ?, heartbeat_count = 0, \
+           cancel_requested_at = NULL, progress = NULL, turns = 0, \
+           lease_expires_at = CASE WHEN ? THEN min(? + max_run_duration_ms, ? + heartbeat_timeout_ms) \
+                                   ELSE ? + max_run_duration_ms END \
+         WHERE state = 'available' AND id IN ({placeholders})"
+    );
+    let mut q = sqlx::query(AssertSqlSafe(update))
+        .bind(&p.worker)
+        .bind(now)
+        .bind(now)
+        .bind(p.heartbeats)
+        .bind(p.heartbeats)
+        .bind(now)
+        .bind(now)
+        .bind(now);
+    for id in &picked {
+        q = q.bind(id);
+    }
+    q.execute(&mut *tx).await.map_err(db_error)?;
+    let mut jobs = load_jobs(&mut tx, &picked).await?;
+    jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
+    copy_events(&mut tx, now, EventKind::Claimed, Actor::Executor, &picked).await?;
+    crate::schedule::record_claims(&mut tx, &jobs, now).await?;
+    let events: Vec<PendingEvent> = if reeve_store::log::enabled() {
+        jobs.iter()
+            .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    commit(tx, now, &events).await?;
+    store.signals.deadlines_changed();
+    Ok(jobs)
+}
+
+/// The jobs a claim of up to `limit` takes under the caps, counting the
+/// forced runs it is also taking as running.
+async fn pick_under_caps(
+    tx: &mut Transaction<'static, Sqlite>,
+    p: &ClaimParams,
+    limit: u32,
+    forced: &[(JobId, String)],
+) -> Result<Vec<JobId>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     // Caps: read inside the write lock, so nobody can claim between this
     // count and the update below.
     let queue_rows = sqlx::query("SELECT name, concurrency, paused FROM queues")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;
     let global: Option<u64> = sqlx::query_scalar::<_, String>(
         "SELECT value FROM settings WHERE key = 'global_concurrency'",
     )
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await
     .map_err(db_error)?
     .and_then(|v| v.parse().ok());
@@ -277,16 +350,19 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
     if capped {
         for r in
             sqlx::query("SELECT queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue")
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(db_error)?
         {
             running.insert(r.get(0), r.get::<i64, _>(1) as u64);
         }
     }
+    for (_, queue) in forced {
+        *running.entry(queue.clone()).or_default() += 1;
+    }
     let total_running: u64 = running.values().sum();
     let global_room = global.map_or(u64::MAX, |g| g.saturating_sub(total_running));
-    let take = u64::from(p.limit).min(global_room);
+    let take = u64::from(limit).min(global_room);
     if take == 0 {
         return Ok(Vec::new());
     }
@@ -344,7 +420,7 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
         }
         let rows: String = q
             .bind((*free).min(take) as i64)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await
             .map_err(db_error)?
             .get(0);
@@ -359,45 +435,8 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
         );
     }
     let picked = pick_claims(candidates, room, take);
-    if picked.is_empty() {
-        return Ok(Vec::new());
-    }
 
-    let placeholders = vec!["?"; picked.len()].join(",");
-    let update = format!(
-        "UPDATE jobs SET state = 'running', epoch = epoch + 1, attempt = attempt + 1, \
-           claimed_by = ?, claimed_at = ?, heartbeat_at = ?, heartbeats = ?, heartbeat_count = 0, \
-           cancel_requested_at = NULL, progress = NULL, turns = 0, \
-           lease_expires_at = CASE WHEN ? THEN min(? + max_run_duration_ms, ? + heartbeat_timeout_ms) \
-                                   ELSE ? + max_run_duration_ms END \
-         WHERE state = 'available' AND id IN ({placeholders})"
-    );
-    let mut q = sqlx::query(AssertSqlSafe(update))
-        .bind(&p.worker)
-        .bind(now)
-        .bind(now)
-        .bind(p.heartbeats)
-        .bind(p.heartbeats)
-        .bind(now)
-        .bind(now)
-        .bind(now);
-    for id in &picked {
-        q = q.bind(id);
-    }
-    q.execute(&mut *tx).await.map_err(db_error)?;
-    let mut jobs = load_jobs(&mut tx, &picked).await?;
-    jobs.sort_by_key(|j| (j.priority, j.available_at, j.id));
-    copy_events(&mut tx, now, EventKind::Claimed, Actor::Executor, &picked).await?;
-    let events: Vec<PendingEvent> = if reeve_store::log::enabled() {
-        jobs.iter()
-            .map(|j| PendingEvent::for_job(j, EventKind::Claimed, Actor::Executor))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    commit(tx, now, &events).await?;
-    store.signals.deadlines_changed();
-    Ok(jobs)
+    Ok(picked)
 }
 
 pub(crate) async fn heartbeat(store: &SqliteStore, p: HeartbeatParams) -> Result<HeartbeatAck> {
@@ -573,9 +612,18 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
         }
     }
     insert_events(&mut tx, now, &events).await?;
+    let ended: Vec<Job> = answers
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|j| reeve_store::settle::settles(j))
+        .cloned()
+        .collect();
+    let settled = crate::schedule::settle_jobs(store, &mut tx, &ended, now).await?;
     let changed = !events.is_empty() || !completed.is_empty();
     events.extend(copied);
     commit(tx, now, &events).await?;
+    emit_settled(&settled);
     if changed {
         store.signals.work_changed();
         store.signals.deadlines_changed();
@@ -789,7 +837,10 @@ pub(crate) async fn cancel(store: &SqliteStore, id: JobId) -> Result<Job> {
     };
     let events = [event];
     insert_events(&mut tx, now, &events).await?;
+    let settled =
+        crate::schedule::settle_jobs(store, &mut tx, std::slice::from_ref(&updated), now).await?;
     commit(tx, now, &events).await?;
+    emit_settled(&settled);
     store.signals.deadlines_changed();
     Ok(updated)
 }
@@ -867,7 +918,9 @@ pub(crate) async fn reap_expired(store: &SqliteStore, limit: u32) -> Result<Vec<
         reaped.push(updated);
     }
     insert_events(&mut tx, now, &events).await?;
+    let settled = crate::schedule::settle_jobs(store, &mut tx, &reaped, now).await?;
     commit(tx, now, &events).await?;
+    emit_settled(&settled);
     store.signals.work_changed();
     store.signals.deadlines_changed();
     Ok(reaped)

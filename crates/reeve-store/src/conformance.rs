@@ -16,8 +16,9 @@ use reeve_core::{Actor, EventKind, FailureReason, Job, JobFilter, JobState, NewJ
 use reeve_schedule::{OverlapPolicy, ScheduleStatus};
 
 use crate::{
-    ClaimParams, Finish, FireParams, FireResult, FiringOutcome, HeartbeatParams, KindFilter,
-    Limits, NextFire, Outcome, QueuePatch, SchedulePut, Store, StoreError,
+    ClaimParams, DeferParams, DeferResult, Finish, FireParams, FireResult, FiringOutcome,
+    HeartbeatParams, KindFilter, Limits, NextFire, Outcome, QueuePatch, SchedulePut, Store,
+    StoreError,
 };
 
 /// A fresh database for one test.
@@ -78,7 +79,13 @@ macro_rules! conformance_suite {
             overlap_cancel_previous_requests_the_cancel,
             skipped_misfire_range_is_one_row,
             next_due_in_sees_due_schedules,
-            deleting_a_schedule_keeps_its_jobs_and_ledger
+            deleting_a_schedule_keeps_its_jobs_and_ledger,
+            manual_runs_honor_caps_and_forced_runs_bypass_them,
+            ledger_follows_a_firing_to_its_end,
+            streaks_auto_pause_and_a_probe_reactivates,
+            budget_breaches_count_after_the_grace,
+            pressure_defers_a_due_firing_within_its_bound,
+            old_ledger_rows_and_audit_are_kept_apart
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -1555,6 +1562,9 @@ fn firing(
             FiringOutcome::Manual
         },
         skipped_until: None,
+        require_capacity: false,
+        audit: None,
+        probe: false,
     }
 }
 
@@ -2117,6 +2127,9 @@ pub async fn skipped_misfire_range_is_one_row(h: &impl Harness) {
             overlap: OverlapPolicy::Skip,
             outcome: FiringOutcome::Fired,
             skipped_until: Some(at(58)),
+            require_capacity: false,
+            audit: None,
+            probe: false,
         })
         .await
         .unwrap();
@@ -2155,6 +2168,9 @@ pub async fn skipped_misfire_range_is_one_row(h: &impl Harness) {
             overlap: OverlapPolicy::Skip,
             outcome: FiringOutcome::SkippedPaused,
             skipped_until: None,
+            require_capacity: false,
+            audit: None,
+            probe: false,
         })
         .await
         .unwrap();
@@ -2240,4 +2256,506 @@ pub async fn deleting_a_schedule_keeps_its_jobs_and_ledger(h: &impl Harness) {
     let (again, created) = s.put_schedule(put_new("gone", "qg", None)).await.unwrap();
     assert!(created);
     assert_eq!(again.last_nominal, None);
+}
+
+// ---- Runs of schedules: capacity, forced runs, the ledger's follow-up,
+// streaks and probes, pressure, audit, retention.
+
+/// A manual run of `name` (queue `queue`) with `outcome`.
+fn manual(name: &str, queue: &str, at: Timestamp, outcome: FiringOutcome) -> FireParams {
+    let template = schedule_spec(name, queue).validate().expect("valid").job;
+    FireParams::manual(name, at, template.new_job(name, at), outcome)
+}
+
+/// Fires `name` at `nominal` (manually, no capacity check), claims the job
+/// and returns it running.
+async fn fire_and_claim(s: &Arc<dyn Store>, name: &str, queue: &str, nominal: Timestamp) -> Job {
+    let mut p = manual(name, queue, nominal, FiringOutcome::Manual);
+    p.require_capacity = false;
+    let job = fired(s.fire(p).await.expect("fire"));
+    let claimed = s.claim(claim_from(queue)).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "the firing is claimed");
+    assert_eq!(claimed[0].id, job.id);
+    claimed.into_iter().next().unwrap()
+}
+
+pub async fn manual_runs_honor_caps_and_forced_runs_bypass_them(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    s.put_schedule(put_new("m", "qm", None)).await.unwrap();
+    s.set_limits(Limits { global: Some(1) }).await.unwrap();
+    let busy = enqueue_one(&s, NewJob::new("other", "k")).await;
+    claim_one(&s, "w").await;
+
+    let refused = s
+        .fire(manual("m", "qm", now, FiringOutcome::Manual))
+        .await
+        .unwrap();
+    let FireResult::CapacityFull(full) = refused else {
+        panic!("expected capacity_full, got {refused:?}");
+    };
+    assert_eq!(
+        (full.scope.as_str(), full.running, full.limit),
+        ("global", 1, 1)
+    );
+    assert!(
+        s.firings("m", 10).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+    assert!(queue_jobs(&s, "qm").await.is_empty(), "nothing inserted");
+
+    // A queue cap is named as such.
+    s.set_limits(Limits { global: None }).await.unwrap();
+    s.update_queue(
+        "qm",
+        QueuePatch {
+            concurrency: Some(Some(0)),
+            paused: None,
+        },
+    )
+    .await
+    .unwrap();
+    let FireResult::CapacityFull(full) = s
+        .fire(manual("m", "qm", now, FiringOutcome::Manual))
+        .await
+        .unwrap()
+    else {
+        panic!("expected the queue cap to be full");
+    };
+    assert_eq!(
+        (full.scope.as_str(), full.queue.as_deref(), full.limit),
+        ("queue", Some("qm"), 0)
+    );
+    s.update_queue(
+        "qm",
+        QueuePatch {
+            concurrency: Some(None),
+            paused: None,
+        },
+    )
+    .await
+    .unwrap();
+    s.set_limits(Limits { global: Some(1) }).await.unwrap();
+
+    // Forced: inserted with its audit record in one transaction, and claimed
+    // past the full cap, before other work.
+    let waiting = enqueue_one(&s, NewJob::new("qm", "k")).await;
+    let mut forced = manual("m", "qm", now, FiringOutcome::Forced);
+    forced.audit = Some(crate::NewAudit {
+        actor: "operator:test".into(),
+        action: "force_run".into(),
+        target: "schedule:m".into(),
+        detail: serde_json::json!({"full": "global"}),
+    });
+    let job = fired(s.fire(forced).await.unwrap());
+    let audit = s.list_audit(10).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "force_run");
+    assert_eq!(audit[0].actor, "operator:test");
+    assert_eq!(audit[0].detail["job_id"], job.id);
+    assert_eq!(audit[0].detail["full"], "global");
+
+    let claimed = s.claim(claim("w2", 10)).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![job.id],
+        "only the forced run passes the full cap"
+    );
+    let ledger = s.firings("m", 10).await.unwrap();
+    assert_eq!(ledger[0].outcome, "forced");
+    assert_eq!(
+        ledger[0].running_at_claim,
+        Some(2),
+        "it counts while it runs"
+    );
+    assert!(s.claim(claim("w2", 10)).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_job(waiting.id).await.unwrap().state,
+        JobState::Available
+    );
+    let _ = busy;
+}
+
+pub async fn ledger_follows_a_firing_to_its_end(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    s.put_schedule(put_new("l", "ql", None)).await.unwrap();
+    let mut p = manual("l", "ql", now, FiringOutcome::Manual);
+    p.require_capacity = false;
+    let job = fired(s.fire(p).await.unwrap());
+    h.advance(Duration::from_secs(2));
+    let running = claim_one(&s, "w").await;
+    assert_eq!(running.id, job.id);
+    let row = &s.firings("l", 1).await.unwrap()[0];
+    assert_eq!(row.claimed_at, running.claimed_at);
+    let wait = row.slot_wait_ms.expect("slot wait recorded");
+    assert!((2000..3000).contains(&wait), "waited ~2s: {wait}");
+    assert_eq!(row.running_at_claim, Some(1));
+    assert_eq!(row.finished_at, None);
+    s.heartbeat(HeartbeatParams {
+        job: job.id,
+        epoch: running.epoch,
+        turns: Some(4),
+        progress: None,
+    })
+    .await
+    .unwrap();
+    h.advance(Duration::from_secs(3));
+    one(&s, succeed(&running)).await.unwrap();
+    let row = &s.firings("l", 1).await.unwrap()[0];
+    assert_eq!(row.state.as_deref(), Some("succeeded"));
+    let duration = row.duration_ms.expect("duration recorded");
+    assert!((3000..4000).contains(&duration), "ran ~3s: {duration}");
+    assert_eq!(row.turns, Some(4));
+    assert!(row.finished_at.is_some());
+    let typical = s
+        .typical_durations(
+            &["l".to_string(), "none".to_string()],
+            &["tick".to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        typical.by_schedule.get("l"),
+        Some(&Duration::from_millis(duration as u64))
+    );
+    assert!(!typical.by_schedule.contains_key("none"));
+    assert!(typical.by_kind.contains_key("tick"));
+
+    // A failure is recorded with its reason; a reaped run too.
+    let second = fire_and_claim(&s, "l", "ql", Timestamp(now.0 + 1)).await;
+    one(&s, fail(&second, FailureReason::AuthFailed))
+        .await
+        .unwrap();
+    let third = fire_and_claim(&s, "l", "ql", Timestamp(now.0 + 2)).await;
+    h.advance(Duration::from_secs(3600));
+    let reaped = s.reap_expired(10).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    let rows = s.firings("l", 10).await.unwrap();
+    let by_job = |id| rows.iter().find(|r| r.job_id == Some(id)).expect("row");
+    assert_eq!(
+        by_job(second.id).failure_reason.as_deref(),
+        Some("auth_failed")
+    );
+    assert_eq!(by_job(second.id).state.as_deref(), Some("failed"));
+    if reaped[0].state.is_terminal() {
+        assert!(by_job(third.id).failure_reason.is_some());
+    } else {
+        assert_eq!(
+            by_job(third.id).finished_at,
+            None,
+            "a retried run is not its firing's end"
+        );
+    }
+}
+
+pub async fn streaks_auto_pause_and_a_probe_reactivates(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let later = Timestamp(now.0 + 600_000);
+    s.put_schedule(put_new("st", "qs", Some(later)))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let job = fire_and_claim(&s, "st", "qs", Timestamp(now.0 + i)).await;
+        one(&s, fail(&job, FailureReason::AuthFailed))
+            .await
+            .unwrap();
+    }
+    let rec = s.get_schedule("st").await.unwrap();
+    assert_eq!(
+        (rec.generic_streak, rec.status),
+        (2, ScheduleStatus::Active)
+    );
+    // A success resets; then three in a row pause.
+    let ok = fire_and_claim(&s, "st", "qs", Timestamp(now.0 + 3)).await;
+    one(&s, succeed(&ok)).await.unwrap();
+    assert_eq!(s.get_schedule("st").await.unwrap().generic_streak, 0);
+    for i in 0..3 {
+        let job = fire_and_claim(&s, "st", "qs", Timestamp(now.0 + 10 + i)).await;
+        one(&s, fail(&job, FailureReason::AuthFailed))
+            .await
+            .unwrap();
+    }
+    let rec = s.get_schedule("st").await.unwrap();
+    assert_eq!(rec.status, ScheduleStatus::Paused);
+    assert_eq!(rec.generic_streak, 3);
+    let why = rec.paused_reason.expect("a reason");
+    assert!(
+        why.contains("auto-paused") && why.contains("auth_failed"),
+        "{why}"
+    );
+    let audit = s.list_audit(10).await.unwrap();
+    assert_eq!(audit[0].action, "schedule_auto_paused");
+    assert_eq!(audit[0].target, "schedule:st");
+    assert!(s.due_schedules(10).await.unwrap().is_empty());
+
+    // A failing probe leaves it paused and says so.
+    let mut probe = manual("st", "qs", now, FiringOutcome::Probe);
+    probe.require_capacity = false;
+    let canary = fired(s.fire(probe).await.unwrap());
+    assert_eq!(
+        s.get_schedule("st").await.unwrap().probe_job,
+        Some(canary.id)
+    );
+    let running = claim_one(&s, "w").await;
+    one(&s, fail(&running, FailureReason::AuthFailed))
+        .await
+        .unwrap();
+    let rec = s.get_schedule("st").await.unwrap();
+    assert_eq!((rec.status, rec.probe_job), (ScheduleStatus::Paused, None));
+    assert!(rec.paused_reason.unwrap().contains("probe job"));
+    // A succeeding one reactivates it with a next fire time after now.
+    let mut probe = manual("st", "qs", now, FiringOutcome::Probe);
+    probe.require_capacity = false;
+    fired(s.fire(probe).await.unwrap());
+    let running = claim_one(&s, "w").await;
+    one(&s, succeed(&running)).await.unwrap();
+    let rec = s.get_schedule("st").await.unwrap();
+    assert_eq!(rec.status, ScheduleStatus::Active);
+    assert_eq!(
+        (rec.generic_streak, rec.budget_streak, rec.probe_job),
+        (0, 0, None)
+    );
+    assert_eq!(rec.paused_reason, None);
+    assert!(rec.next_fire_at.expect("next") > s.now().await.unwrap());
+    assert_eq!(
+        s.list_audit(1).await.unwrap()[0].action,
+        "schedule_probe_succeeded"
+    );
+    let probes = s.firings("st", 100).await.unwrap();
+    assert_eq!(
+        probes.iter().filter(|f| f.outcome == "probe").count(),
+        2,
+        "probes are in the ledger"
+    );
+}
+
+pub async fn budget_breaches_count_after_the_grace(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let mut put = put_new("b", "qb", Some(Timestamp(now.0 + 3_600_000)));
+    put.anchor = NextFire::Set(None);
+    put.max_turns_changed = true;
+    s.put_schedule(put).await.unwrap();
+    let set_at = s
+        .get_schedule("b")
+        .await
+        .unwrap()
+        .max_turns_set_at
+        .expect("set");
+    // every 1m: the two nominal times after the edit are in grace.
+    let in_grace = Timestamp(set_at.0 + 30_000);
+    let job = fire_and_claim(&s, "b", "qb", in_grace).await;
+    one(&s, fail(&job, FailureReason::TurnLimitExceeded))
+        .await
+        .unwrap();
+    let rec = s.get_schedule("b").await.unwrap();
+    assert_eq!(
+        (rec.budget_streak, rec.generic_streak),
+        (0, 0),
+        "not counted"
+    );
+    let row = s.firings("b", 1).await.unwrap().remove(0);
+    assert!(
+        row.detail.unwrap_or_default().contains("grace"),
+        "but recorded"
+    );
+    for i in 0..5 {
+        let nominal = Timestamp(set_at.0 + 600_000 + i * 60_000);
+        let job = fire_and_claim(&s, "b", "qb", nominal).await;
+        one(&s, fail(&job, FailureReason::TurnLimitExceeded))
+            .await
+            .unwrap();
+        let rec = s.get_schedule("b").await.unwrap();
+        assert_eq!(rec.budget_streak, i as i32 + 1);
+        let expected = if i < 4 {
+            ScheduleStatus::Active
+        } else {
+            ScheduleStatus::Paused
+        };
+        assert_eq!(rec.status, expected, "after {} breaches", i + 1);
+    }
+    let rec = s.get_schedule("b").await.unwrap();
+    assert!(rec.paused_reason.unwrap().contains("5 budget breaches"));
+}
+
+pub async fn pressure_defers_a_due_firing_within_its_bound(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let nominal = Timestamp(now.0 - 1000);
+    s.put_schedule(put_new("p", "qp", Some(nominal)))
+        .await
+        .unwrap();
+    assert!(s.list_pressure().await.unwrap().is_empty());
+    assert!(!s.clear_pressure("nobody").await.unwrap());
+    let raised = s
+        .raise_pressure("ide", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(raised.expires_at.0 - raised.raised_at.0, 120_000);
+    let renewed = s
+        .raise_pressure("ide", Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed.raised_at, raised.raised_at,
+        "renewing keeps raised_at"
+    );
+    s.raise_pressure("short", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(s.list_pressure().await.unwrap().len(), 2);
+
+    let defer = |delay, max| DeferParams {
+        schedule: "p".into(),
+        expected_next: nominal,
+        delay: Duration::from_secs(delay),
+        max_defer: Duration::from_secs(max),
+        detail: "pressure: ide".into(),
+    };
+    let DeferResult::Deferred { until, deferrals } = s.defer_firing(defer(30, 100)).await.unwrap()
+    else {
+        panic!("expected a deferral");
+    };
+    assert_eq!(deferrals, 1);
+    let after = s.now().await.unwrap();
+    assert!(until.0 >= after.0 + 29_000 && until.0 <= after.0 + 31_000);
+    assert!(s.due_schedules(10).await.unwrap().is_empty(), "deferred");
+    let row = s.firings("p", 1).await.unwrap().remove(0);
+    assert_eq!((row.outcome.as_str(), row.deferrals), ("deferred", 1));
+    let wait = s
+        .next_due_in()
+        .await
+        .unwrap()
+        .expect("the deferral is a deadline");
+    assert!(wait > Duration::from_secs(25), "{wait:?}");
+
+    h.advance(Duration::from_secs(2));
+    assert_eq!(
+        s.list_pressure().await.unwrap().len(),
+        1,
+        "the short one expired"
+    );
+    h.advance(Duration::from_secs(29));
+    assert_eq!(s.due_schedules(10).await.unwrap().len(), 1, "due again");
+    // The second deferral is capped at nominal + max_defer.
+    let DeferResult::Deferred { until, deferrals } = s.defer_firing(defer(30, 40)).await.unwrap()
+    else {
+        panic!("expected a second deferral");
+    };
+    assert_eq!((until, deferrals), (Timestamp(nominal.0 + 40_000), 2));
+    h.advance(Duration::from_secs(10));
+    assert_eq!(
+        s.defer_firing(defer(30, 40)).await.unwrap(),
+        DeferResult::FireNow,
+        "deferred as far as allowed"
+    );
+    // A stale deferral changes nothing.
+    let mut stale = defer(30, 100);
+    stale.expected_next = Timestamp(nominal.0 - 1);
+    assert_eq!(s.defer_firing(stale).await.unwrap(), DeferResult::LostRace);
+
+    // It fires into the same ledger row, carrying its deferrals.
+    let next = Timestamp(nominal.0 + 60_000);
+    fired(
+        s.fire(firing(
+            "p",
+            "qp",
+            OverlapPolicy::Allow,
+            Some(nominal),
+            nominal,
+            Some(next),
+        ))
+        .await
+        .unwrap(),
+    );
+    let rows = s.firings("p", 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "one row per nominal time");
+    assert_eq!((rows[0].outcome.as_str(), rows[0].deferrals), ("fired", 2));
+    let rec = s.get_schedule("p").await.unwrap();
+    assert_eq!((rec.defer_until, rec.deferrals), (None, 0));
+
+    // Clearing the last signal makes deferred fire times due at once.
+    h.advance(Duration::from_secs(20));
+    let DeferResult::Deferred { .. } = s
+        .defer_firing(DeferParams {
+            expected_next: next,
+            ..defer(30, 600)
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("expected a deferral of the next time");
+    };
+    assert!(s.due_schedules(10).await.unwrap().is_empty());
+    assert!(s.clear_pressure("ide").await.unwrap());
+    assert!(s.list_pressure().await.unwrap().is_empty());
+    assert_eq!(s.due_schedules(10).await.unwrap().len(), 1);
+}
+
+pub async fn old_ledger_rows_and_audit_are_kept_apart(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    s.put_schedule(put_new("r", "qr", None)).await.unwrap();
+    for i in 0..5 {
+        let mut p = manual("r", "qr", Timestamp(now.0 + i), FiringOutcome::Manual);
+        p.require_capacity = false;
+        fired(s.fire(p).await.unwrap());
+    }
+    h.advance(Duration::from_secs(7200));
+    let mut p = manual("r", "qr", Timestamp(now.0 + 100), FiringOutcome::Manual);
+    p.require_capacity = false;
+    fired(s.fire(p).await.unwrap());
+    assert_eq!(
+        s.prune_firings(Duration::from_secs(3600), 2).await.unwrap(),
+        2,
+        "bounded"
+    );
+    assert_eq!(
+        s.prune_firings(Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        s.prune_firings(Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.firings("r", 10).await.unwrap().len(),
+        1,
+        "the recent one stays"
+    );
+    let older = s
+        .firing_history(
+            "r",
+            crate::FiringQuery {
+                limit: 10,
+                at_or_before: Some(Timestamp(now.0 + 50)),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(older.is_empty());
+
+    for i in 0..3 {
+        s.record_audit(crate::NewAudit {
+            actor: "operator:a".into(),
+            action: format!("act{i}"),
+            target: "schedule:r".into(),
+            detail: serde_json::json!({"i": i}),
+        })
+        .await
+        .unwrap();
+    }
+    let audit = s.list_audit(2).await.unwrap();
+    assert_eq!(
+        audit.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["act2", "act1"],
+        "newest first"
+    );
+    assert_eq!(audit[0].detail["i"], 2);
 }

@@ -26,13 +26,18 @@ use serde::{Deserialize, Serialize};
 pub mod conformance;
 pub mod leader;
 pub mod log;
+pub mod operator;
 pub mod schedule;
+pub mod settle;
 pub mod transition;
 
 pub use leader::{Leadership, SoleLeader};
+pub use operator::{AuditRecord, CapacityFull, NewAudit, Pressure};
 pub use schedule::{
-    FireParams, FireResult, FiringOutcome, FiringRecord, NextFire, SchedulePut, ScheduleRecord,
+    DeferParams, DeferResult, FireParams, FireResult, FiringOutcome, FiringQuery, FiringRecord,
+    NextFire, SchedulePut, ScheduleRecord,
 };
+pub use settle::StreakPolicy;
 
 /// Errors of the store: domain refusals (nothing changed) and infrastructure
 /// failures.
@@ -104,6 +109,18 @@ pub enum KindFilter {
     Any,
     /// These kinds, plus ad-hoc command jobs when `commands` is set.
     Only { kinds: Vec<String>, commands: bool },
+}
+
+impl KindFilter {
+    /// Whether a job of `kind` (an ad-hoc command job when `command`) passes.
+    pub fn accepts(&self, kind: &str, command: bool) -> bool {
+        match self {
+            KindFilter::Any => true,
+            KindFilter::Only { kinds, commands } => {
+                (command && *commands) || kinds.iter().any(|k| k == kind)
+            }
+        }
+    }
 }
 
 /// A claim request: up to `limit` jobs in one round trip.
@@ -221,6 +238,8 @@ pub struct StoreConfig {
     /// How long a running job's executor gets to stop after a cancel before
     /// the reaper ends the run anyway.
     pub cancel_grace: Duration,
+    /// When failure streaks auto-pause a schedule.
+    pub streaks: StreakPolicy,
 }
 
 impl Default for StoreConfig {
@@ -230,6 +249,7 @@ impl Default for StoreConfig {
             default_heartbeat_timeout: reeve_core::job::DEFAULT_HEARTBEAT_TIMEOUT,
             retry: reeve_core::RetryPolicy::default(),
             cancel_grace: Duration::from_secs(15),
+            streaks: StreakPolicy::default(),
         }
     }
 }
@@ -347,8 +367,69 @@ pub trait Store: Send + Sync + 'static {
     /// nominal time), writes the ledger row and advances `next_fire_at`.
     async fn fire(&self, p: FireParams) -> Result<FireResult>;
 
+    /// Ledger rows of a schedule, newest nominal time first.
+    async fn firing_history(&self, schedule: &str, query: FiringQuery)
+    -> Result<Vec<FiringRecord>>;
+
     /// The newest `limit` ledger rows of a schedule, newest first.
-    async fn firings(&self, schedule: &str, limit: u32) -> Result<Vec<FiringRecord>>;
+    async fn firings(&self, schedule: &str, limit: u32) -> Result<Vec<FiringRecord>> {
+        self.firing_history(schedule, FiringQuery::latest(limit))
+            .await
+    }
+
+    /// Defers a due fire time under pressure, in one transaction
+    /// conditioned on `expected_next`: sets the schedule's `defer_until`,
+    /// counts the deferral and records a `deferred` ledger row for the
+    /// nominal time (which becomes the firing's row when it fires).
+    async fn defer_firing(&self, p: DeferParams) -> Result<DeferResult>;
+
+    /// Deletes ledger rows written more than `older_than` ago, at most
+    /// `batch` per call; returns how many.
+    async fn prune_firings(&self, older_than: Duration, batch: u32) -> Result<u64>;
+
+    /// The median duration of the latest (up to 20) finished runs of each
+    /// schedule (from its ledger) or, for jobs without one, of each kind.
+    /// Keys absent from the answer have no finished runs.
+    async fn typical_durations(
+        &self,
+        schedules: &[String],
+        kinds: &[String],
+    ) -> Result<TypicalDurations>;
+
+    /// Raises (or renews) a pressure signal until `ttl` from the store's now.
+    async fn raise_pressure(&self, source: &str, ttl: Duration) -> Result<Pressure>;
+
+    /// Clears a pressure signal; false when it was not active. When no signal
+    /// remains, deferred fire times become due at once.
+    async fn clear_pressure(&self, source: &str) -> Result<bool>;
+
+    /// The active pressure signals, by source.
+    async fn list_pressure(&self) -> Result<Vec<Pressure>>;
+
+    /// Writes one audit record.
+    async fn record_audit(&self, audit: NewAudit) -> Result<AuditRecord>;
+
+    /// The newest `limit` audit records, newest first.
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+}
+
+/// Observed typical durations, by schedule and by kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TypicalDurations {
+    pub by_schedule: std::collections::HashMap<String, Duration>,
+    pub by_kind: std::collections::HashMap<String, Duration>,
+}
+
+impl TypicalDurations {
+    /// The typical duration of a job like `job`: its schedule's, else its
+    /// kind's.
+    pub fn of(&self, job: &Job) -> Option<Duration> {
+        job.schedule
+            .as_ref()
+            .and_then(|s| self.by_schedule.get(s))
+            .or_else(|| self.by_kind.get(&job.kind))
+            .copied()
+    }
 }
 
 /// Wake-ups a store publishes after a commit. Both are version counters

@@ -23,6 +23,8 @@ use std::str::FromStr;
 
 use reeve_core::{Job, JobId, JobState, NewJob, Timestamp};
 use reeve_schedule::{OverlapPolicy, ScheduleSpec, ScheduleStatus, firing_key};
+
+use crate::operator::{CapacityFull, NewAudit};
 use serde::{Deserialize, Serialize};
 
 /// A stored schedule.
@@ -46,6 +48,13 @@ pub struct ScheduleRecord {
     pub budget_streak: i32,
     /// When `max_turns` was last edited (first-breach grace, SPEC §8).
     pub max_turns_set_at: Option<Timestamp>,
+    /// Pressure deferred the due fire time until this instant (SPEC §8).
+    pub defer_until: Option<Timestamp>,
+    /// How often the due fire time was deferred so far.
+    pub deferrals: i32,
+    /// The canary job of `resume --probe`: the schedule becomes active again
+    /// only when it succeeds.
+    pub probe_job: Option<JobId>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -101,10 +110,14 @@ pub enum FiringOutcome {
     CaughtUp,
     Manual,
     Forced,
+    /// Pressure deferred it; the row becomes the firing's row when it fires.
+    Deferred,
+    /// The canary firing of `resume --probe`.
+    Probe,
 }
 
 impl FiringOutcome {
-    pub const ALL: [FiringOutcome; 8] = [
+    pub const ALL: [FiringOutcome; 10] = [
         FiringOutcome::Fired,
         FiringOutcome::SkippedOverlap,
         FiringOutcome::SkippedPaused,
@@ -113,6 +126,8 @@ impl FiringOutcome {
         FiringOutcome::CaughtUp,
         FiringOutcome::Manual,
         FiringOutcome::Forced,
+        FiringOutcome::Deferred,
+        FiringOutcome::Probe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +140,8 @@ impl FiringOutcome {
             FiringOutcome::CaughtUp => "caught_up",
             FiringOutcome::Manual => "manual",
             FiringOutcome::Forced => "forced",
+            FiringOutcome::Deferred => "deferred",
+            FiringOutcome::Probe => "probe",
         }
     }
 }
@@ -170,6 +187,75 @@ pub struct FireParams {
     /// With `job: None`: the nominal times `[nominal, skipped_until]` were
     /// skipped (misfire); one `skipped_misfire` row holds the range.
     pub skipped_until: Option<Timestamp>,
+    /// A manual run: refuse with [`FireResult::CapacityFull`] (nothing
+    /// changed) when the global cap or the job's queue cap is full, checked
+    /// inside the firing's transaction.
+    pub require_capacity: bool,
+    /// Written in the same transaction (a forced run's audit record); its
+    /// `detail` gains `job_id`.
+    pub audit: Option<NewAudit>,
+    /// The job becomes the schedule's probe (`resume --probe`).
+    pub probe: bool,
+}
+
+impl FireParams {
+    /// A run outside the cadence (`run`, `run --force`, `resume --probe`):
+    /// no condition on `next_fire_at`, which stays as it is.
+    pub fn manual(schedule: &str, nominal: Timestamp, job: NewJob, outcome: FiringOutcome) -> Self {
+        FireParams {
+            schedule: schedule.to_string(),
+            expected_next: None,
+            nominal,
+            next: NextFire::Keep,
+            job: Some(job),
+            overlap: OverlapPolicy::Allow,
+            outcome,
+            skipped_until: None,
+            require_capacity: outcome != FiringOutcome::Forced,
+            audit: None,
+            probe: outcome == FiringOutcome::Probe,
+        }
+    }
+}
+
+/// A deferral of a schedule's due fire time under pressure (see
+/// [`Store::defer_firing`](crate::Store::defer_firing)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeferParams {
+    pub schedule: String,
+    /// The `next_fire_at` the engine read (the nominal time deferred).
+    pub expected_next: Timestamp,
+    /// Defer by this much from the store's now (`pressure_delay`)…
+    pub delay: std::time::Duration,
+    /// …but never past `nominal + max_defer` (`pressure_max_defer`).
+    pub max_defer: std::time::Duration,
+    /// Why, for the ledger row (the active sources).
+    pub detail: String,
+}
+
+/// What a deferral did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferResult {
+    /// Deferred until this instant; `deferrals` counts them for this firing.
+    Deferred { until: Timestamp, deferrals: i32 },
+    /// The fire time has been deferred as far as it may be: fire it now.
+    FireNow,
+    /// Another firer handled it (the stored `next_fire_at` moved on).
+    LostRace,
+}
+
+/// The instant a deferral moves a fire time to: `now + delay`, capped at
+/// `nominal + max_defer`; `None` when that cap has been reached.
+pub fn defer_until(
+    now: Timestamp,
+    nominal: Timestamp,
+    delay: std::time::Duration,
+    max_defer: std::time::Duration,
+) -> Option<Timestamp> {
+    use reeve_core::time::duration_millis;
+    let latest = nominal.0.saturating_add(duration_millis(max_defer));
+    let until = now.0.saturating_add(duration_millis(delay)).min(latest);
+    (until > now.0).then_some(Timestamp(until))
 }
 
 /// What a firing did.
@@ -190,6 +276,8 @@ pub enum FireResult {
     /// differs from the expected one, the schedule is gone, or the ledger
     /// already holds this nominal time); this call created no job.
     LostRace,
+    /// A manual run found a cap full; nothing changed.
+    CapacityFull(CapacityFull),
 }
 
 /// One row of the firing ledger.
@@ -202,9 +290,45 @@ pub struct FiringRecord {
     pub nominal_until: Option<Timestamp>,
     pub outcome: String,
     pub job_id: Option<JobId>,
-    /// When the row was written (the store's clock).
+    /// When the row was written (the store's clock): for a fired one, when
+    /// its job was created.
     pub at: Timestamp,
     pub detail: Option<String>,
+    /// The first claim of the firing's job.
+    pub claimed_at: Option<Timestamp>,
+    /// From the job being available (nominal time, or jitter) to its first
+    /// claim: the time it waited for a slot.
+    pub slot_wait_ms: Option<i64>,
+    /// Running jobs (this one included) right after that claim.
+    pub running_at_claim: Option<i64>,
+    /// When the job reached its terminal state, and how.
+    pub finished_at: Option<Timestamp>,
+    pub state: Option<String>,
+    pub failure_reason: Option<String>,
+    /// Of the last attempt.
+    pub duration_ms: Option<i64>,
+    pub turns: Option<i64>,
+    pub max_turns: Option<i64>,
+    /// Pressure deferrals of this fire time before it fired.
+    pub deferrals: i32,
+}
+
+/// Which ledger rows to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FiringQuery {
+    /// Newest first, at most this many.
+    pub limit: u32,
+    /// Only rows whose nominal time (or range start) is at or before this.
+    pub at_or_before: Option<Timestamp>,
+}
+
+impl FiringQuery {
+    pub fn latest(limit: u32) -> Self {
+        FiringQuery {
+            limit,
+            at_or_before: None,
+        }
+    }
 }
 
 /// Job states in which a schedule's firing counts as live (overlap).
@@ -261,6 +385,16 @@ pub fn firing_job(
     nj.schedule = Some(schedule.to_string());
     nj.nominal_at = Some(nominal);
     nj
+}
+
+/// A forced run's audit record with the job it created.
+pub fn audit_for_job(mut audit: NewAudit, job: &Job) -> NewAudit {
+    if let serde_json::Value::Object(map) = &mut audit.detail {
+        map.insert("job_id".into(), job.id.into());
+    } else {
+        audit.detail = serde_json::json!({ "job_id": job.id, "detail": audit.detail });
+    }
+    audit
 }
 
 /// Prints the logfmt line of a committed ledger row (target

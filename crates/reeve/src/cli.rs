@@ -63,6 +63,18 @@ pub enum Command {
     /// Inspect and control schedules.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Pressure signals that defer schedule firings.
+    #[command(subcommand)]
+    Pressure(PressureCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Simulate the next hours of firings against the caps: predicted slot
+    /// waits, overlaps, and offsets that remove them.
+    Forecast {
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+    },
     /// Measure the store: enqueue and processing throughput, idle latency.
     Bench(BenchArgs),
     /// Apply the database migrations and exit (`serve` also applies them).
@@ -172,9 +184,68 @@ pub enum SchedulesCommand {
     /// Stop firing a schedule.
     Pause { name: String },
     /// Fire a paused schedule again (from its next fire time after now).
-    Resume { name: String },
+    Resume {
+        name: String,
+        /// Run one canary firing now; the schedule becomes active again only
+        /// if it succeeds.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Delete a schedule (its jobs and ledger stay).
     Delete { name: String },
+    /// Fire a schedule now, under the caps (exit 3 with the slot ETA when a
+    /// cap is full).
+    Run {
+        name: String,
+        /// Run even if a cap is full; writes an audit record.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The firing ledger: what happened to each fire time, and why.
+    History {
+        name: String,
+        /// Rows to show (newest first).
+        #[arg(long, default_value_t = 30)]
+        limit: u32,
+        /// Explain one instant (RFC 3339, e.g. 2026-12-01T09:00:00Z): the
+        /// ledger row of that fire time and the ones before it.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Slot wait, duration and turns (p50 / p95 / max) of recent firings.
+    Metrics {
+        name: String,
+        /// Ledger rows to consider (newest first).
+        #[arg(long, default_value_t = 500)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PressureCommand {
+    /// Raise (or renew) a signal that interactive work is going on: due
+    /// firings are deferred while any signal is active.
+    Raise {
+        /// Who raises it (one signal per source).
+        source: String,
+        /// How long it lasts unless renewed or cleared.
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
+    /// Clear a signal.
+    Clear { source: String },
+    /// The active signals.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Forced runs, auto-pauses, probes and other recorded actions, newest
+    /// first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,8 @@
 //!   (pretty) with `--json`.
 //!
 //! Exit codes: 0 success; 1 the daemon refused or could not be reached; 2 bad
-//! input, whether caught here or answered `invalid_input` / `invalid_json`.
+//! input, whether caught here or answered `invalid_input` / `invalid_json`;
+//! 3 a manual run found a cap full (`capacity_full`, with the slot ETA).
 //! Answers are read as loose JSON ([`serde_json::Value`]): a missing or
 //! unexpected field is shown as `-` or as raw JSON, never a panic.
 
@@ -33,6 +34,11 @@ use crate::cli::{
     ApplyArgs, Command, EnqueueArgs, GlobalArgs, JobsCommand, LimitsCommand, QueuesCommand,
     SchedulesCommand,
 };
+
+mod runs;
+
+/// Exit code of a manual run refused because a cap is full.
+const EXIT_CAPACITY_FULL: u8 = 3;
 
 /// How often `jobs logs --follow` polls.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
@@ -70,6 +76,9 @@ async fn dispatch(api: &Api, json: bool, command: Command) -> Result<(), Fail> {
         Command::Status => status(api, json).await,
         Command::Apply(args) => apply(api, json, args).await,
         Command::Schedules(cmd) => schedules(api, json, cmd).await,
+        Command::Pressure(cmd) => runs::pressure(api, json, cmd).await,
+        Command::Audit(cmd) => runs::audit(api, json, cmd).await,
+        Command::Forecast { hours } => runs::forecast(api, json, hours).await,
         Command::Serve(_) | Command::Bench(_) | Command::Migrate(_) => {
             Err(Fail::usage("`serve` and `bench` are not client commands"))
         }
@@ -141,7 +150,13 @@ fn decode_error(status: u16, body: &[u8]) -> Fail {
     let client_input =
         (400..500).contains(&status) && matches!(code, Some("invalid_input" | "invalid_json"));
     Fail {
-        code: if client_input { 2 } else { 1 },
+        code: if client_input {
+            2
+        } else if code == Some("capacity_full") {
+            EXIT_CAPACITY_FULL
+        } else {
+            1
+        },
         message: Some(message),
     }
 }
@@ -907,6 +922,9 @@ async fn apply(api: &Api, json: bool, args: ApplyArgs) -> Result<(), Fail> {
     if args.dry_run {
         out.push_str("(dry run: nothing was changed)\n");
     }
+    for w in items(&answer["warnings"]) {
+        out.push_str(&format!("warning: {}\n", text(&w["message"])));
+    }
     emit(&out)
 }
 
@@ -919,15 +937,30 @@ fn schedule_table(schedules: &Value, now: Timestamp) -> String {
                 text(&s["status"]),
                 text(&s["rule"]),
                 when(&s["next_fire_at"], now),
+                runs::last_outcome(&s["recent"]),
                 format!(
                     "{}/{}",
                     text(&s["generic_streak"]),
                     text(&s["budget_streak"])
                 ),
+                runs::avg_duration(&s["recent"]),
+                runs::avg_turns(&s["recent"], &s["spec"]["job"]["max_turns"]),
             ]
         })
         .collect();
-    table(&["NAME", "STATUS", "RULE", "NEXT", "STREAKS"], &rows)
+    table(
+        &[
+            "NAME",
+            "STATUS",
+            "RULE",
+            "NEXT",
+            "LAST",
+            "STREAKS",
+            "AVG DURATION",
+            "AVG TURNS",
+        ],
+        &rows,
+    )
 }
 
 async fn schedules(api: &Api, json: bool, command: SchedulesCommand) -> Result<(), Fail> {
@@ -954,6 +987,14 @@ async fn schedules(api: &Api, json: bool, command: SchedulesCommand) -> Result<(
                 ("status", text(&s["status"])),
                 ("paused_reason", text(&s["paused_reason"])),
                 ("next_fire_at", when(&s["next_fire_at"], now)),
+                ("deferred_until", when(&s["defer_until"], now)),
+                ("probe_job", text(&s["probe_job"])),
+                ("last", runs::last_outcome(&s["recent"])),
+                ("avg_duration", runs::avg_duration(&s["recent"])),
+                (
+                    "avg_turns",
+                    runs::avg_turns(&s["recent"], &s["spec"]["job"]["max_turns"]),
+                ),
                 ("last_nominal", when(&s["last_nominal"], now)),
                 (
                     "streaks",
@@ -972,12 +1013,15 @@ async fn schedules(api: &Api, json: bool, command: SchedulesCommand) -> Result<(
                         text(&f["nominal_at"]),
                         text(&f["outcome"]),
                         text(&f["job_id"]),
-                        text(&f["nominal_until"]),
+                        runs::explain(f),
                     ]
                 })
                 .collect();
             out.push_str("\nfirings:\n");
-            out.push_str(&table(&["NOMINAL", "OUTCOME", "JOB", "UNTIL"], &rows));
+            out.push_str(&table(
+                &["NOMINAL", "OUTCOME", "JOB", "WHAT HAPPENED"],
+                &rows,
+            ));
             return emit(&out);
         }
         SchedulesCommand::Pause { name } => {
@@ -986,11 +1030,29 @@ async fn schedules(api: &Api, json: bool, command: SchedulesCommand) -> Result<(
                 .await?;
             (format!("paused schedule {name}\n"), answer)
         }
-        SchedulesCommand::Resume { name } => {
+        SchedulesCommand::Resume { name, probe } => {
+            let body = json!({ "probe": probe, "by": runs::whoami() });
             let answer = api
-                .write(Method::POST, &path(&name, "/resume"), None)
+                .write(Method::POST, &path(&name, "/resume"), Some(&body))
                 .await?;
-            (format!("resumed schedule {name}\n"), answer)
+            let line = if probe {
+                format!(
+                    "probing schedule {name}: job {} runs now; the schedule resumes if it succeeds\n",
+                    text(&answer["probe_job"]["id"])
+                )
+            } else {
+                format!("resumed schedule {name}\n")
+            };
+            (line, answer)
+        }
+        SchedulesCommand::Run { name, force } => {
+            return runs::run(api, json, &name, force).await;
+        }
+        SchedulesCommand::History { name, limit, at } => {
+            return runs::history(api, json, &name, limit, at).await;
+        }
+        SchedulesCommand::Metrics { name, limit } => {
+            return runs::metrics(api, json, &name, limit).await;
         }
         SchedulesCommand::Delete { name } => {
             let answer = api.write(Method::DELETE, &path(&name, ""), None).await?;
