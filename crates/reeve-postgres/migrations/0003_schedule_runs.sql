@@ -15,7 +15,8 @@ ALTER TABLE firings ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0;
 -- A job's firing row (claim and settle look it up).
 CREATE INDEX firings_job ON firings (job_id) WHERE job_id IS NOT NULL;
 -- Forced firings not yet claimed: claimed first, past the caps.
-CREATE INDEX firings_forced ON firings (job_id) WHERE outcome = 'forced' AND claimed_at IS NULL;
+CREATE INDEX firings_forced ON firings (job_id)
+    WHERE outcome = 'forced' AND claimed_at IS NULL AND finished_at IS NULL;
 -- Retention pruning, oldest first.
 CREATE INDEX firings_at ON firings (at);
 

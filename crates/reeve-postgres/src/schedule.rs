@@ -137,6 +137,8 @@ pub(crate) async fn put_schedule(
            status = coalesce($3::text, schedules.status), \
            paused_reason = CASE WHEN $3::text = 'active' THEN NULL ELSE schedules.paused_reason END, \
            next_fire_at = CASE WHEN $8::boolean THEN excluded.next_fire_at ELSE schedules.next_fire_at END, \
+           defer_until = CASE WHEN $8::boolean THEN NULL ELSE schedules.defer_until END, \
+           deferrals = CASE WHEN $8::boolean THEN 0 ELSE schedules.deferrals END, \
            anchor = CASE WHEN $9::boolean THEN excluded.anchor ELSE schedules.anchor END, \
            max_turns_set_at = CASE WHEN $6::boolean THEN $7::bigint ELSE schedules.max_turns_set_at END, \
            updated_at = $7 \
@@ -203,6 +205,8 @@ pub(crate) async fn set_schedule_status(
         "UPDATE schedules SET status = $1, \
            paused_reason = CASE WHEN $1 = 'paused' THEN $2 END, \
            next_fire_at = CASE WHEN $3 THEN $4 ELSE next_fire_at END, \
+           defer_until = CASE WHEN $3 THEN NULL ELSE defer_until END, \
+           deferrals = CASE WHEN $3 THEN 0 ELSE deferrals END, \
            updated_at = $5 \
          WHERE name = $6 RETURNING {SCHEDULE_COLUMNS}"
     );
@@ -265,14 +269,17 @@ pub(crate) async fn firings(
     rows.iter().map(firing_from_row).collect()
 }
 
-/// Whether the ledger already holds a handled row for this nominal time (a
-/// `deferred` row is a placeholder, not a handled firing).
-async fn in_ledger(tx: &mut Tx, schedule: &str, at: i64) -> Result<bool> {
+/// Whether the ledger already holds a row for this nominal time. For a
+/// cadence firing a `deferred` row is its own placeholder, not a handled
+/// firing; a manual run must not take that nominal time either.
+async fn in_ledger(tx: &mut Tx, schedule: &str, at: i64, cadence: bool) -> Result<bool> {
     Ok(sqlx::query(
-        "SELECT 1 FROM firings WHERE schedule = $1 AND nominal_at = $2 AND outcome <> 'deferred'",
+        "SELECT 1 FROM firings WHERE schedule = $1 AND nominal_at = $2 \
+           AND (outcome <> 'deferred' OR NOT $3::boolean)",
     )
     .bind(schedule)
     .bind(at)
+    .bind(cadence)
     .fetch_optional(&mut **tx)
     .await
     .map_err(db_error)?
@@ -328,7 +335,7 @@ pub(crate) async fn fire(store: &PostgresStore, p: FireParams) -> Result<FireRes
         return Ok(FireResult::LostRace);
     }
     let mut nominal = p.nominal.0;
-    if in_ledger(&mut tx, &p.schedule, nominal).await? {
+    if in_ledger(&mut tx, &p.schedule, nominal, p.expected_next.is_some()).await? {
         if p.expected_next.is_some() {
             // Handled already (the ledger is the second guard): no job, but
             // the schedule moves on so it cannot stick on this time.
@@ -337,7 +344,7 @@ pub(crate) async fn fire(store: &PostgresStore, p: FireParams) -> Result<FireRes
             return Ok(FireResult::LostRace);
         }
         nominal = nominal.max(now);
-        while in_ledger(&mut tx, &p.schedule, nominal).await? {
+        while in_ledger(&mut tx, &p.schedule, nominal, false).await? {
             nominal += 1;
         }
     }
@@ -623,6 +630,17 @@ pub(crate) async fn defer_firing(store: &PostgresStore, p: DeferParams) -> Resul
         rollback(tx).await?;
         return Ok(DeferResult::LostRace);
     };
+    // The pressure may have been cleared since the engine looked.
+    let pressed: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pressure WHERE expires_at > $1)")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    if !pressed {
+        rollback(tx).await?;
+        return Ok(DeferResult::FireNow);
+    }
     let deferrals = current.saturating_add(1);
     sqlx::query(
         "UPDATE schedules SET defer_until = $1, deferrals = $2, updated_at = $3 WHERE name = $4",
@@ -921,7 +939,8 @@ pub(crate) async fn forced_candidates(
     };
     let sql = format!(
         "SELECT j.id, j.queue FROM firings f JOIN jobs j ON j.id = f.job_id \
-         WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND j.state = 'available' \
+         WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND f.finished_at IS NULL \
+           AND j.state = 'available' \
            AND NOT coalesce((SELECT q.paused FROM queues q WHERE q.name = j.queue), FALSE) \
            AND ($1::text[] IS NULL OR j.queue = ANY($1::text[])){kind_clause} \
          ORDER BY j.id LIMIT $2 \
@@ -957,7 +976,8 @@ pub(crate) async fn record_claims(tx: &mut Tx, jobs: &[Job], now: i64) -> Result
         "UPDATE firings SET claimed_at = $1, slot_wait_ms = greatest(0, $1 - t.available_at), \
            running_at_claim = (SELECT COUNT(*) FROM jobs WHERE state = 'running') \
          FROM unnest($2::bigint[], $3::bigint[]) AS t(job_id, available_at) \
-         WHERE firings.job_id = t.job_id AND firings.claimed_at IS NULL",
+         WHERE firings.job_id = t.job_id AND firings.claimed_at IS NULL \
+           AND firings.outcome <> 'coalesced'",
     )
     .bind(now)
     .bind(scheduled.iter().map(|j| j.id).collect::<Vec<_>>())
@@ -1021,7 +1041,7 @@ pub(crate) async fn settle_jobs(
                state = $5, failure_reason = $6, \
                detail = CASE WHEN $7::text IS NULL THEN detail \
                              WHEN detail IS NULL THEN $7::text ELSE detail || '; ' || $7::text END \
-             WHERE job_id = $8",
+             WHERE job_id = $8 AND outcome <> 'coalesced'",
         )
         .bind(end.finished_at)
         .bind(end.duration_ms)

@@ -117,6 +117,8 @@ pub(crate) async fn put_schedule(
            status = coalesce(?3, status), \
            paused_reason = CASE WHEN ?3 = 'active' THEN NULL ELSE paused_reason END, \
            next_fire_at = CASE WHEN ?8 THEN excluded.next_fire_at ELSE next_fire_at END, \
+           defer_until = CASE WHEN ?8 THEN NULL ELSE defer_until END, \
+           deferrals = CASE WHEN ?8 THEN 0 ELSE deferrals END, \
            anchor = CASE WHEN ?9 THEN excluded.anchor ELSE anchor END, \
            max_turns_set_at = CASE WHEN ?6 THEN ?7 ELSE max_turns_set_at END, \
            updated_at = ?7 \
@@ -182,6 +184,8 @@ pub(crate) async fn set_schedule_status(
         "UPDATE schedules SET status = ?1, \
            paused_reason = CASE WHEN ?1 = 'paused' THEN ?2 END, \
            next_fire_at = CASE WHEN ?3 THEN ?4 ELSE next_fire_at END, \
+           defer_until = CASE WHEN ?3 THEN NULL ELSE defer_until END, \
+           deferrals = CASE WHEN ?3 THEN 0 ELSE deferrals END, \
            updated_at = ?5 \
          WHERE name = ?6 RETURNING {SCHEDULE_COLUMNS}"
     );
@@ -235,14 +239,22 @@ pub(crate) async fn firings(
     Ok(rows.iter().map(firing_from_row).collect())
 }
 
-/// Whether the ledger already holds a handled row for this nominal time (a
-/// `deferred` row is a placeholder, not a handled firing).
-async fn in_ledger(tx: &mut Transaction<'static, Sqlite>, schedule: &str, at: i64) -> Result<bool> {
+/// Whether the ledger already holds a row for this nominal time. For a
+/// cadence firing a `deferred` row is its own placeholder, not a handled
+/// firing; a manual run must not take that nominal time either.
+async fn in_ledger(
+    tx: &mut Transaction<'static, Sqlite>,
+    schedule: &str,
+    at: i64,
+    cadence: bool,
+) -> Result<bool> {
     Ok(sqlx::query(
-        "SELECT 1 FROM firings WHERE schedule = ? AND nominal_at = ? AND outcome <> 'deferred'",
+        "SELECT 1 FROM firings WHERE schedule = ?1 AND nominal_at = ?2 \
+           AND (outcome <> 'deferred' OR NOT ?3)",
     )
     .bind(schedule)
     .bind(at)
+    .bind(cadence)
     .fetch_optional(&mut **tx)
     .await
     .map_err(db_error)?
@@ -293,7 +305,7 @@ pub(crate) async fn fire(store: &SqliteStore, p: FireParams) -> Result<FireResul
         _ => {}
     }
     let mut nominal = p.nominal.0;
-    if in_ledger(&mut tx, &p.schedule, nominal).await? {
+    if in_ledger(&mut tx, &p.schedule, nominal, p.expected_next.is_some()).await? {
         if p.expected_next.is_some() {
             // Handled already (the ledger is the second guard): no job, but
             // the schedule moves on so it cannot stick on this time.
@@ -303,7 +315,7 @@ pub(crate) async fn fire(store: &SqliteStore, p: FireParams) -> Result<FireResul
             return Ok(FireResult::LostRace);
         }
         nominal = nominal.max(now);
-        while in_ledger(&mut tx, &p.schedule, nominal).await? {
+        while in_ledger(&mut tx, &p.schedule, nominal, false).await? {
             nominal += 1;
         }
     }
@@ -590,6 +602,16 @@ pub(crate) async fn defer_firing(store: &SqliteStore, p: DeferParams) -> Result<
     let Some(until) = defer_until(Timestamp(now), p.expected_next, p.delay, p.max_defer) else {
         return Ok(DeferResult::FireNow);
     };
+    // The pressure may have been cleared since the engine looked.
+    let pressed: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pressure WHERE expires_at > ?)")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    if !pressed {
+        return Ok(DeferResult::FireNow);
+    }
     let deferrals: Option<i64> = sqlx::query_scalar(
         "UPDATE schedules SET defer_until = ?1, deferrals = deferrals + 1, updated_at = ?2 \
          WHERE name = ?3 AND next_fire_at = ?4 AND status = 'active' RETURNING deferrals",
@@ -776,7 +798,8 @@ pub(crate) async fn forced_candidates(
 ) -> Result<Vec<(JobId, String, String, bool)>> {
     let rows = sqlx::query(
         "SELECT j.id, j.queue, j.kind, j.command IS NOT NULL FROM firings f JOIN jobs j ON j.id = f.job_id \
-         WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND j.state = 'available' \
+         WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND f.finished_at IS NULL \
+           AND j.state = 'available' \
            AND NOT coalesce((SELECT paused FROM queues q WHERE q.name = j.queue), 0) \
          ORDER BY j.id",
     )
@@ -810,7 +833,7 @@ pub(crate) async fn record_claims(
     for job in scheduled {
         sqlx::query(
             "UPDATE firings SET claimed_at = ?1, slot_wait_ms = max(0, ?1 - ?2), running_at_claim = ?3 \
-             WHERE job_id = ?4 AND claimed_at IS NULL",
+             WHERE job_id = ?4 AND claimed_at IS NULL AND outcome <> 'coalesced'",
         )
         .bind(now)
         .bind(job.available_at.0)
@@ -855,7 +878,7 @@ pub(crate) async fn settle_jobs(
                state = ?5, failure_reason = ?6, \
                detail = CASE WHEN ?7 IS NULL THEN detail \
                              WHEN detail IS NULL THEN ?7 ELSE detail || '; ' || ?7 END \
-             WHERE job_id = ?8",
+             WHERE job_id = ?8 AND outcome <> 'coalesced'",
         )
         .bind(end.finished_at)
         .bind(end.duration_ms)

@@ -275,7 +275,6 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
             .collect();
     let limit = p.limit - forced.len() as u32;
     let mut picked = pick_under_caps(&mut tx, &p, limit, &forced).await?;
-    picked.retain(|id| !forced.iter().any(|(f, _)| f == id));
     picked.extend(forced.iter().map(|(id, _)| *id));
     if picked.is_empty() {
         return Ok(Vec::new());
@@ -418,8 +417,11 @@ async fn pick_under_caps(
                 q = q.bind(k);
             }
         }
+        // The forced runs of this queue are still `available`: ask for as
+        // many more and leave them out.
+        let forced_here = forced.iter().filter(|(_, q)| q == queue).count() as i64;
         let rows: String = q
-            .bind((*free).min(take) as i64)
+            .bind((*free).min(take) as i64 + forced_here)
             .fetch_one(&mut **tx)
             .await
             .map_err(db_error)?
@@ -431,6 +433,7 @@ async fn pick_under_caps(
             })?;
         candidates.extend(
             rows.into_iter()
+                .filter(|(_, _, id)| !forced.iter().any(|(f, _)| f == id))
                 .map(|(prio, at, id)| (prio, at, id, queue.clone())),
         );
     }

@@ -85,7 +85,8 @@ macro_rules! conformance_suite {
             streaks_auto_pause_and_a_probe_reactivates,
             budget_breaches_count_after_the_grace,
             pressure_defers_a_due_firing_within_its_bound,
-            old_ledger_rows_and_audit_are_kept_apart
+            old_ledger_rows_and_audit_are_kept_apart,
+            ledger_rows_keep_to_their_own_firing
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -2758,4 +2759,120 @@ pub async fn old_ledger_rows_and_audit_are_kept_apart(h: &impl Harness) {
         "newest first"
     );
     assert_eq!(audit[0].detail["i"], 2);
+}
+
+pub async fn ledger_rows_keep_to_their_own_firing(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    // queue_one: the second firing coalesces into the first, waiting one; the
+    // claim and the end are recorded on the firing that made the job only.
+    let base = Timestamp(now.0 - 10_000);
+    s.put_schedule(put_new("co", "qc", Some(base)))
+        .await
+        .unwrap();
+    let t2 = Timestamp(base.0 + 1000);
+    fired(
+        s.fire(firing(
+            "co",
+            "qc",
+            OverlapPolicy::QueueOne,
+            Some(base),
+            base,
+            Some(t2),
+        ))
+        .await
+        .unwrap(),
+    );
+    let r = s
+        .fire(firing(
+            "co",
+            "qc",
+            OverlapPolicy::QueueOne,
+            Some(t2),
+            t2,
+            Some(Timestamp(t2.0 + 1000)),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(r, FireResult::Coalesced { .. }), "{r:?}");
+    let job = claim_one(&s, "w").await;
+    one(&s, succeed(&job)).await.unwrap();
+    let rows = s.firings("co", 10).await.unwrap();
+    let coalesced = rows.iter().find(|r| r.outcome == "coalesced").unwrap();
+    let fired_row = rows.iter().find(|r| r.outcome == "fired").unwrap();
+    assert_eq!(coalesced.job_id, fired_row.job_id);
+    assert!(fired_row.claimed_at.is_some() && fired_row.finished_at.is_some());
+    assert_eq!((coalesced.claimed_at, coalesced.finished_at), (None, None));
+
+    // A forced run cancelled before its claim is not claimed past the caps
+    // later by accident, and its row says how it ended.
+    s.put_schedule(put_new("fc", "qf", None)).await.unwrap();
+    let forced = fired(
+        s.fire(manual("fc", "qf", now, FiringOutcome::Forced))
+            .await
+            .unwrap(),
+    );
+    s.cancel(forced.id).await.unwrap();
+    let row = s.firings("fc", 1).await.unwrap().remove(0);
+    assert_eq!(row.state.as_deref(), Some("cancelled"));
+    assert!(s.claim(claim("w", 10)).await.unwrap().is_empty());
+
+    // A manual run at the very instant of a deferred fire time takes another
+    // nominal time; the deferred one still fires as itself.
+    let due = Timestamp(now.0 - 500);
+    s.put_schedule(put_new("dm", "qd", Some(due)))
+        .await
+        .unwrap();
+    s.raise_pressure("ide", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let DeferResult::Deferred { .. } = s
+        .defer_firing(DeferParams {
+            schedule: "dm".into(),
+            expected_next: due,
+            delay: Duration::from_secs(30),
+            max_defer: Duration::from_secs(600),
+            detail: "pressure: ide".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("expected a deferral");
+    };
+    let mut m = manual("dm", "qd", due, FiringOutcome::Manual);
+    m.require_capacity = false;
+    let manual_job = fired(s.fire(m).await.unwrap());
+    assert_ne!(manual_job.nominal_at, Some(due));
+    let cadence = fired(
+        s.fire(firing(
+            "dm",
+            "qd",
+            OverlapPolicy::Allow,
+            Some(due),
+            due,
+            Some(Timestamp(due.0 + 60_000)),
+        ))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(cadence.nominal_at, Some(due));
+    let rows = s.firings("dm", 10).await.unwrap();
+    let at_due = rows.iter().find(|r| r.nominal_at == due).unwrap();
+    assert_eq!((at_due.outcome.as_str(), at_due.deferrals), ("fired", 1));
+
+    // Deferring with no pressure left fires at once.
+    assert!(s.clear_pressure("ide").await.unwrap());
+    let next = s.get_schedule("dm").await.unwrap().next_fire_at.unwrap();
+    assert_eq!(
+        s.defer_firing(DeferParams {
+            schedule: "dm".into(),
+            expected_next: next,
+            delay: Duration::from_secs(30),
+            max_defer: Duration::from_secs(600),
+            detail: String::new(),
+        })
+        .await
+        .unwrap(),
+        DeferResult::FireNow
+    );
 }

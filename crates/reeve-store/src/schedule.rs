@@ -238,7 +238,8 @@ pub struct DeferParams {
 pub enum DeferResult {
     /// Deferred until this instant; `deferrals` counts them for this firing.
     Deferred { until: Timestamp, deferrals: i32 },
-    /// The fire time has been deferred as far as it may be: fire it now.
+    /// The fire time has been deferred as far as it may be, or no pressure
+    /// is active any more: fire it now.
     FireNow,
     /// Another firer handled it (the stored `next_fire_at` moved on).
     LostRace,

@@ -36,6 +36,25 @@ pub struct RawConfig {
     pub kinds: BTreeMap<String, RawKind>,
     #[serde(default)]
     pub postgres: crate::database::RawPostgres,
+    #[serde(default)]
+    pub schedules: RawSchedules,
+}
+
+/// `[schedules]`: how firings meet pressure and failure streaks (SPEC §8).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedules {
+    #[serde(default, with = "human_duration::option")]
+    pub pressure_delay: Option<Duration>,
+    #[serde(default, with = "human_duration::option")]
+    pub pressure_max_defer: Option<Duration>,
+    /// Generic failures in a row that pause a schedule (0 = never).
+    pub pause_after_failures: Option<u32>,
+    /// Turn-budget breaches in a row that pause a schedule (0 = never).
+    pub pause_after_budget_breaches: Option<u32>,
+    /// Firing ledger rows older than this are pruned.
+    #[serde(default, with = "human_duration::option")]
+    pub ledger_retention: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +144,9 @@ pub struct Config {
     pub kinds: HashMap<String, CommandTemplate>,
     /// Schedules applied at start, already parsed and validated.
     pub schedules: Vec<reeve_schedule::ScheduleSpec>,
+    pub pressure_delay: Duration,
+    pub pressure_max_defer: Duration,
+    pub ledger_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +218,21 @@ impl Config {
         }
         let retention = positive("defaults.retention", raw.defaults.retention)?
             .unwrap_or(reeve_engine::DEFAULT_RETENTION);
+        let pressure_delay = positive("schedules.pressure_delay", raw.schedules.pressure_delay)?
+            .unwrap_or(reeve_engine::DEFAULT_PRESSURE_DELAY);
+        let pressure_max_defer = raw
+            .schedules
+            .pressure_max_defer
+            .unwrap_or(reeve_engine::DEFAULT_PRESSURE_MAX_DEFER);
+        let ledger_retention =
+            positive("schedules.ledger_retention", raw.schedules.ledger_retention)?
+                .unwrap_or(reeve_engine::DEFAULT_RETENTION);
+        if let Some(n) = raw.schedules.pause_after_failures {
+            store.streaks.generic_pause_at = n;
+        }
+        if let Some(n) = raw.schedules.pause_after_budget_breaches {
+            store.streaks.budget_pause_at = n;
+        }
         let slots = raw.executor.slots.unwrap_or(reeve_engine::DEFAULT_SLOTS);
         if slots == 0 || slots > 10_000 {
             bail!("executor.slots: must be between 1 and 10000");
@@ -243,6 +280,9 @@ impl Config {
             .collect();
         Ok(Config {
             schedules,
+            pressure_delay,
+            pressure_max_defer,
+            ledger_retention,
             listen,
             database,
             admin_token,
@@ -328,6 +368,44 @@ mod tests {
         assert_eq!(c.kill_grace, Duration::from_secs(10));
         assert_eq!(c.output_limit, 1024 * 1024);
         assert_eq!(c.max_payload_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn the_example_config_and_schedules_load() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let text = std::fs::read_to_string(format!("{root}/examples/reeve.toml")).unwrap();
+        let text = text.replace(
+            "\"examples/schedules\"",
+            &format!("\"{root}/examples/schedules\""),
+        );
+        let c = parse(&text).unwrap();
+        let names: Vec<&str> = c.schedules.iter().map(|s| s.name.as_str()).collect();
+        for expected in [
+            "agent-heartbeat",
+            "nightly-review",
+            "nightly-research",
+            "ci-watcher",
+        ] {
+            assert!(names.contains(&expected), "{expected} in {names:?}");
+        }
+        assert_eq!(c.queues["review"].concurrency, Some(1));
+        assert_eq!(c.pressure_max_defer, Duration::from_secs(600));
+        assert_eq!(c.store.streaks.generic_pause_at, 3);
+    }
+
+    #[test]
+    fn schedule_settings_are_checked() {
+        let c = parse("[schedules]\npressure_delay = \"5s\"\npause_after_failures = 0\n").unwrap();
+        assert_eq!(c.pressure_delay, Duration::from_secs(5));
+        assert_eq!(c.store.streaks.generic_pause_at, 0);
+        let e = parse("[schedules]\npressure_delay = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schedules.pressure_delay"), "{e}");
+        let e = parse("[schedules]\npause_after = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pause_after"), "{e}");
     }
 
     #[test]

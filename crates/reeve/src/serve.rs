@@ -128,6 +128,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut engine_config = EngineConfig::new(worker_id());
     engine_config.slots = config.slots;
     engine_config.retention = config.retention;
+    engine_config.pressure_delay = config.pressure_delay;
+    engine_config.pressure_max_defer = config.pressure_max_defer;
+    engine_config.firing_retention = config.ledger_retention;
     engine_config.output_limit = config.output_limit;
     let engine = Engine::start(store.clone(), engine_config, handlers);
 
