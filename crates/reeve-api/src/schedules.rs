@@ -417,6 +417,9 @@ pub(crate) async fn resume_now(state: &AppState, name: &str) -> ApiResult<Schedu
     let name = name.to_string();
     let record = state.store.get_schedule(&name).await?;
     let now: Timestamp = state.store.now().await?;
+    if record.status == ScheduleStatus::Paused {
+        record_paused_range(state.store.as_ref(), &record, now).await?;
+    }
     let next = record
         .spec
         .validate()
@@ -427,6 +430,59 @@ pub(crate) async fn resume_now(state: &AppState, name: &str) -> ApiResult<Schedu
         .set_schedule_status(&name, ScheduleStatus::Active, None, NextFire::Set(next))
         .await?;
     Ok(view(record))
+}
+
+/// Records the fire times a paused schedule let pass, as one
+/// `skipped_paused` ledger row holding their range, so the history answers
+/// "why didn't it run at 09:00?" with "it was paused".
+async fn record_paused_range(
+    store: &dyn reeve_store::Store,
+    record: &ScheduleRecord,
+    now: Timestamp,
+) -> Result<(), ApiError> {
+    let (Some(first), Ok(schedule)) = (record.next_fire_at, record.spec.validate()) else {
+        return Ok(());
+    };
+    if first > now {
+        return Ok(());
+    }
+    // The plan covers the times after the last handled one; interval rules
+    // are anchored there, so it must be a real nominal time.
+    let last = record
+        .last_nominal
+        .filter(|l| *l < first)
+        .unwrap_or_else(|| {
+            let before = schedule
+                .rule
+                .interval()
+                .map_or(1, reeve_core::time::duration_millis);
+            Timestamp(first.0.saturating_sub(before))
+        });
+    let plan = reeve_schedule::misfire_plan(
+        &schedule.rule,
+        last,
+        now,
+        reeve_schedule::MisfirePolicy::Skip,
+    );
+    let Some((from, until)) = plan.skipped else {
+        return Ok(());
+    };
+    store
+        .fire(reeve_store::FireParams {
+            schedule: record.name.clone(),
+            expected_next: None,
+            nominal: from,
+            next: NextFire::Keep,
+            job: None,
+            overlap: schedule.overlap,
+            outcome: reeve_store::FiringOutcome::SkippedPaused,
+            skipped_until: Some(until),
+            require_capacity: false,
+            audit: None,
+            probe: false,
+        })
+        .await?;
+    Ok(())
 }
 
 /// `DELETE /v1/schedules/{name}`: its jobs and ledger rows stay.

@@ -1164,3 +1164,45 @@ async fn pressure_signals_and_the_forecast() {
     let bad = h.get("/v1/forecast?hours=0").await;
     assert_field(&bad, StatusCode::BAD_REQUEST, "invalid_input", "hours");
 }
+
+#[tokio::test]
+async fn a_pause_leaves_one_ledger_row_for_the_times_it_skipped() {
+    let h = Harness::new().await;
+    let apply = h
+        .post(
+            "/v1/schedules/apply",
+            json!({"schedules": [{"name": "tick", "every": "1m", "job": {"kind": "k"}}]}),
+        )
+        .await;
+    assert_eq!(apply.status, StatusCode::OK, "{}", apply.text);
+    assert_eq!(
+        h.post_empty("/v1/schedules/tick/pause").await.status,
+        StatusCode::OK
+    );
+    h.store
+        .advance_clock(std::time::Duration::from_secs(5 * 60 + 30));
+    let r = h.post_empty("/v1/schedules/tick/resume").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "active");
+    let hist = h.get("/v1/schedules/tick/history").await;
+    let rows = hist.json["firings"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{}", hist.text);
+    assert_eq!(rows[0]["outcome"], "skipped_paused");
+    let from = reeve_core::Timestamp::parse(rows[0]["nominal_at"].as_str().unwrap()).unwrap();
+    let until = reeve_core::Timestamp::parse(rows[0]["nominal_until"].as_str().unwrap()).unwrap();
+    let times = (until.0 - from.0) / 60_000 + 1;
+    assert!(
+        (5..=6).contains(&times),
+        "every skipped fire time in one row: {times}"
+    );
+    // The history explains any instant in the range.
+    let mid = reeve_core::Timestamp(from.0 + 120_000);
+    let why = h.get(&format!("/v1/schedules/tick/history?at={mid}")).await;
+    assert_eq!(
+        why.json["covering"]["outcome"], "skipped_paused",
+        "{}",
+        why.text
+    );
+    let audit = h.get("/v1/audit").await;
+    assert_eq!(audit.json["audit"][0]["action"], "resume");
+}

@@ -29,7 +29,7 @@ use reeve_schedule::ScheduleStatus;
 use reeve_store::operator::{CapacityFull, full_cap, median_ms};
 use reeve_store::schedule::{
     LIVE_STATES_SQL, OverlapDecision, audit_for_job, defer_until, emit_firing, firing_job,
-    overlap_decision,
+    overlap_decision, skipped_range_outcome,
 };
 use reeve_store::settle::{Settlement, audit_of, ledger_end, settle, settles};
 use reeve_store::transition::{PendingEvent, enqueued_event, materialize, with_id};
@@ -365,7 +365,7 @@ pub(crate) async fn fire(store: &PostgresStore, p: FireParams) -> Result<FireRes
             let outcome = match p.skipped_until {
                 Some(until) => {
                     nominal_until = Some(until.0);
-                    FiringOutcome::SkippedMisfire
+                    skipped_range_outcome(p.outcome)
                 }
                 None => p.outcome,
             };

@@ -185,7 +185,8 @@ pub struct FireParams {
     /// `manual`, `forced`), or for a record-only firing.
     pub outcome: FiringOutcome,
     /// With `job: None`: the nominal times `[nominal, skipped_until]` were
-    /// skipped (misfire); one `skipped_misfire` row holds the range.
+    /// skipped; one row holds the range (`skipped_paused` when `outcome`
+    /// says so, else `skipped_misfire`).
     pub skipped_until: Option<Timestamp>,
     /// A manual run: refuse with [`FireResult::CapacityFull`] (nothing
     /// changed) when the global cap or the job's queue cap is full, checked
@@ -386,6 +387,15 @@ pub fn firing_job(
     nj.schedule = Some(schedule.to_string());
     nj.nominal_at = Some(nominal);
     nj
+}
+
+/// The outcome of a record-only range of skipped fire times: a paused
+/// schedule's (recorded when it resumes), else the misfire policy's.
+pub fn skipped_range_outcome(asked: FiringOutcome) -> FiringOutcome {
+    match asked {
+        FiringOutcome::SkippedPaused => FiringOutcome::SkippedPaused,
+        _ => FiringOutcome::SkippedMisfire,
+    }
 }
 
 /// A forced run's audit record with the job it created.

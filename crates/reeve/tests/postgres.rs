@@ -553,3 +553,68 @@ fn a_database_restart_loses_and_duplicates_nothing() {
     assert!(log.contains("level=warn"), "the outage was logged");
     d.stop();
 }
+
+/// Two daemons on one PostgreSQL fire an every-second schedule, and the
+/// leader is killed with SIGKILL mid-way: every fire time still makes at most
+/// one job, and firing goes on under the new leader.
+#[test]
+fn fire_times_make_one_job_each_across_daemons_and_a_leader_kill() {
+    let Some(schema) = Schema::new("fire") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemons: Vec<Daemon> = (0..2)
+        .map(|i| start(dir.path(), &format!("f{i}"), &schema, ""))
+        .collect();
+    let file = dir.path().join("race.toml");
+    std::fs::write(
+        &file,
+        "[[schedule]]\nname = \"race\"\nevery = \"1s\"\noverlap = \"allow\"\n[schedule.job]\nkind = \"race\"\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = common::cli(&daemons[0].url, &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let count = |d: &Daemon| {
+        let (_, body) = d.api("GET", "/v1/jobs?kind=race&limit=1000", None);
+        body["items"].as_array().map_or(0, Vec::len)
+    };
+    wait_until("four firings", Duration::from_secs(30), || {
+        count(&daemons[0]) >= 4
+    });
+    wait_until("a leader", Duration::from_secs(15), || {
+        leaders(&daemons.iter().collect::<Vec<_>>()) == 1
+    });
+    let leader = daemons.iter().position(is_leader).unwrap();
+    let mut old = daemons.remove(leader);
+    old.kill9();
+    let survivor = daemons.remove(0);
+    let before = count(&survivor);
+    wait_until(
+        "firing goes on under the new leader",
+        Duration::from_secs(30),
+        || count(&survivor) >= before + 3,
+    );
+    assert_eq!(
+        common::cli(&survivor.url, &["schedules", "pause", "race"]).0,
+        0
+    );
+    let (_, body) = survivor.api("GET", "/v1/jobs?kind=race&limit=1000", None);
+    let mut nominals: Vec<String> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["nominal_at"].to_string())
+        .collect();
+    let all = nominals.len();
+    nominals.sort();
+    nominals.dedup();
+    assert_eq!(nominals.len(), all, "one job per fire time");
+    let dupes = psql(&format!(
+        "SELECT count(*) FROM (SELECT nominal_at FROM {}.jobs WHERE schedule = 'race' \
+         GROUP BY nominal_at HAVING count(*) > 1) d",
+        schema.0
+    ))
+    .unwrap();
+    assert_eq!(dupes, "0");
+    survivor.stop();
+}
