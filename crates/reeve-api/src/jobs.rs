@@ -109,12 +109,13 @@ pub(crate) struct ListQuery {
     state: Option<String>,
     queue: Option<String>,
     kind: Option<String>,
+    schedule: Option<String>,
     limit: Option<String>,
     before: Option<String>,
 }
 
 impl ListQuery {
-    fn into_filter(self) -> ApiResult<JobFilter> {
+    pub(crate) fn into_filter(self) -> ApiResult<JobFilter> {
         let state = self
             .state
             .map(|s| {
@@ -154,6 +155,7 @@ impl ListQuery {
             state,
             queue: self.queue,
             kind: self.kind,
+            schedule: self.schedule,
             before_id,
             limit,
         })
@@ -298,6 +300,32 @@ pub(crate) async fn heartbeat(
         })
         .await
         .map_err(ApiError::from_heartbeat)?;
+    // A reported turn count past the budget ends the run here, fenced on the
+    // same epoch, and tells the executor to stop (SPEC §8).
+    if let Some(max) = ack.max_turns
+        && ack.turns > max
+    {
+        let ended = state
+            .store
+            .finish(vec![Finish {
+                job: id,
+                epoch: req.epoch,
+                outcome: Outcome::Failed {
+                    reason: FailureReason::TurnLimitExceeded,
+                    error: Some(format!("reported {} turns; the budget is {max}", ack.turns)),
+                },
+                output: None,
+            }])
+            .await?
+            .remove(0);
+        ended.map_err(ApiError::from_heartbeat)?;
+        return Ok(Json(HeartbeatResponse {
+            status: "turn_limit_exceeded",
+            lease_expires_at: ack.lease_expires_at,
+            turns: ack.turns,
+            max_turns: ack.max_turns,
+        }));
+    }
     Ok(Json(HeartbeatResponse {
         status: if ack.cancel_requested {
             "cancel_requested"

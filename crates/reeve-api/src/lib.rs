@@ -20,9 +20,12 @@
 //! - Executor write-backs (heartbeat, complete, fail) are fenced by the store
 //!   on `(job, epoch)`; this layer only forwards the epoch and reports the
 //!   refusal (`stale_epoch`, `not_running`, or `lease_lost` for heartbeats).
-//! - When an admin token is configured, every route except `/healthz` needs
-//!   `Authorization: Bearer <token>`, compared in constant time. Tokens and
-//!   bodies are never logged.
+//! - When an admin token is configured, every route except `/healthz` and
+//!   `/login` needs `Authorization: Bearer <token>` or the dashboard's
+//!   session cookie (set by `POST /login` with that token; HttpOnly,
+//!   SameSite=Strict), compared in constant time. A cookie-authenticated
+//!   request that changes something must come from the same origin. Tokens
+//!   and bodies are never logged, and no page or answer shows a token.
 
 mod admin;
 mod error;
@@ -30,6 +33,7 @@ mod extract;
 mod jobs;
 mod runs;
 mod schedules;
+mod session;
 
 pub use runs::{Percentiles, build_forecast};
 pub use schedules::{ApplyResponse, ChangedSchedule, CollisionWarning, apply_specs};
@@ -40,7 +44,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -129,7 +133,12 @@ pub struct RuntimeStats {
 /// The whole API as an axum router (no server: the daemon serves it, tests
 /// call it with `tower::ServiceExt::oneshot`).
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
+    router_with(state, Router::new())
+}
+
+/// The API plus `pages` (the dashboard), served behind the same auth.
+pub fn router_with(state: AppState, pages: Router<AppState>) -> Router {
+    let protected = pages
         .route("/metrics", get(admin::metrics))
         .route("/v1/status", get(admin::status))
         .route("/v1/jobs", get(jobs::list).post(jobs::enqueue))
@@ -176,6 +185,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(admin::healthz))
+        .route("/login", get(session::login_form).post(session::login))
+        .route("/logout", post(session::logout))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -193,7 +204,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// The admin-token check. Constant-time comparison; a missing and a wrong
-/// token get the same answer, and the token is never echoed or logged.
+/// token get the same answer, and the token is never echoed or logged. A
+/// page (not `/v1`, not `/metrics`) asked for without a token answers the
+/// login form instead of JSON.
 async fn require_admin(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -201,19 +214,35 @@ async fn require_admin(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(expected) = &state.config.admin_token {
-        let presented = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .unwrap_or("");
-        let ok: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
-        if !ok || expected.is_empty() {
+            .map(|(_, token)| token.trim());
+        let by_header = bearer.is_some_and(|t| token_matches(t, expected));
+        let by_cookie = !by_header
+            && session::cookie_token(&headers).is_some_and(|t| token_matches(t, expected));
+        if by_cookie && !request.method().is_safe() && !session::same_origin(&headers) {
+            return Err(ApiError::Unauthorized);
+        }
+        if !by_header && !by_cookie {
+            let path = request.uri().path();
+            if request.method() == axum::http::Method::GET
+                && !path.starts_with("/v1/")
+                && path != "/metrics"
+            {
+                return Ok(session::login_page(path, StatusCode::UNAUTHORIZED));
+            }
             return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(request).await)
+}
+
+/// Constant-time comparison of a presented token with the configured one.
+pub(crate) fn token_matches(presented: &str, expected: &str) -> bool {
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// One debug span and one debug line per request: method, path, status,

@@ -1206,3 +1206,36 @@ async fn a_pause_leaves_one_ledger_row_for_the_times_it_skipped() {
     let audit = h.get("/v1/audit").await;
     assert_eq!(audit.json["audit"][0]["action"], "resume");
 }
+
+#[tokio::test]
+async fn a_heartbeat_past_the_turn_budget_ends_the_run() {
+    let h = Harness::new().await;
+    let job = h.enqueue(json!({"kind": "agent", "max_turns": 3})).await;
+    let run = h.claim().await;
+    assert_eq!(run.id, job.id);
+    let ok = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": run.epoch, "turns": 3}),
+        )
+        .await;
+    assert_eq!(ok.json["status"], "ok", "{}", ok.text);
+    let over = h
+        .post(
+            &format!("/v1/jobs/{}/heartbeat", job.id),
+            json!({"epoch": run.epoch, "turns": 4}),
+        )
+        .await;
+    assert_eq!(over.status, StatusCode::OK, "{}", over.text);
+    assert_eq!(over.json["status"], "turn_limit_exceeded");
+    let after = h.get(&format!("/v1/jobs/{}", job.id)).await;
+    assert_eq!(after.json["state"], "failed", "{}", after.text);
+    assert_eq!(after.json["failure_reason"], "turn_limit_exceeded");
+    let late = h
+        .post(
+            &format!("/v1/jobs/{}/complete", job.id),
+            json!({"epoch": run.epoch}),
+        )
+        .await;
+    assert_error(&late, StatusCode::CONFLICT, "not_running");
+}

@@ -377,6 +377,8 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     pub queue: Option<String>,
     pub kind: Option<String>,
+    /// Only the firings of this schedule.
+    pub schedule: Option<String>,
     /// Only jobs with an id below this one (the previous page's last id).
     pub before_id: Option<JobId>,
     pub limit: u32,

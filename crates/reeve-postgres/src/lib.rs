@@ -531,6 +531,23 @@ impl Store for PostgresStore {
         job_from_row(&row)
     }
 
+    async fn runs_since(&self, since: Timestamp, limit: u32) -> Result<Vec<Job>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM ( \
+               SELECT * FROM jobs WHERE state = 'running' \
+               UNION ALL \
+               SELECT * FROM jobs WHERE finished_at >= $1 AND claimed_at IS NOT NULL) AS runs \
+             ORDER BY claimed_at, id LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(since.0)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     async fn list_jobs(&self, filter: JobFilter) -> Result<Page<Job>> {
         let limit = filter.limit.clamp(1, 1000);
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE TRUE");
@@ -548,6 +565,9 @@ impl Store for PostgresStore {
         if filter.kind.is_some() {
             param(&mut sql, "kind =");
         }
+        if filter.schedule.is_some() {
+            param(&mut sql, "schedule =");
+        }
         if filter.before_id.is_some() {
             param(&mut sql, "id <");
         }
@@ -561,6 +581,9 @@ impl Store for PostgresStore {
         }
         if let Some(kind) = &filter.kind {
             q = q.bind(kind);
+        }
+        if let Some(schedule) = &filter.schedule {
+            q = q.bind(schedule);
         }
         if let Some(before) = filter.before_id {
             q = q.bind(before);

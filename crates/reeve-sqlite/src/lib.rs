@@ -294,6 +294,25 @@ impl Store for SqliteStore {
         job_from_row(&row)
     }
 
+    async fn runs_since(&self, since: Timestamp, limit: u32) -> Result<Vec<Job>> {
+        // Two indexed arms (running jobs; jobs by finished_at), then one sort
+        // of what they found.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM ( \
+               SELECT * FROM jobs WHERE state = 'running' \
+               UNION ALL \
+               SELECT * FROM jobs WHERE finished_at >= ?1 AND claimed_at IS NOT NULL) \
+             ORDER BY claimed_at, id LIMIT ?2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(since.0)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     async fn list_jobs(&self, filter: JobFilter) -> Result<Page<Job>> {
         let limit = filter.limit.clamp(1, 1000);
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
@@ -305,6 +324,9 @@ impl Store for SqliteStore {
         }
         if filter.kind.is_some() {
             sql.push_str(" AND kind = ?");
+        }
+        if filter.schedule.is_some() {
+            sql.push_str(" AND schedule = ?");
         }
         if filter.before_id.is_some() {
             sql.push_str(" AND id < ?");
@@ -319,6 +341,9 @@ impl Store for SqliteStore {
         }
         if let Some(kind) = &filter.kind {
             q = q.bind(kind);
+        }
+        if let Some(schedule) = &filter.schedule {
+            q = q.bind(schedule);
         }
         if let Some(before) = filter.before_id {
             q = q.bind(before);

@@ -796,8 +796,12 @@ pub(crate) async fn forced_candidates(
     tx: &mut Transaction<'static, Sqlite>,
     queues: Option<&[String]>,
 ) -> Result<Vec<(JobId, String, String, bool)>> {
+    // CROSS JOIN keeps SQLite's join order: the (almost always empty)
+    // partial index of unclaimed forced firings first. Joined the other way
+    // round, every claim would walk all available jobs.
     let rows = sqlx::query(
-        "SELECT j.id, j.queue, j.kind, j.command IS NOT NULL FROM firings f JOIN jobs j ON j.id = f.job_id \
+        "SELECT j.id, j.queue, j.kind, j.command IS NOT NULL \
+           FROM firings f CROSS JOIN jobs j ON j.id = f.job_id \
          WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND f.finished_at IS NULL \
            AND j.state = 'available' \
            AND NOT coalesce((SELECT paused FROM queues q WHERE q.name = j.queue), 0) \

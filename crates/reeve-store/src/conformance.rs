@@ -86,7 +86,8 @@ macro_rules! conformance_suite {
             budget_breaches_count_after_the_grace,
             pressure_defers_a_due_firing_within_its_bound,
             old_ledger_rows_and_audit_are_kept_apart,
-            ledger_rows_keep_to_their_own_firing
+            ledger_rows_keep_to_their_own_firing,
+            runs_since_and_jobs_by_schedule
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -2874,5 +2875,40 @@ pub async fn ledger_rows_keep_to_their_own_firing(h: &impl Harness) {
         .await
         .unwrap(),
         DeferResult::FireNow
+    );
+}
+
+pub async fn runs_since_and_jobs_by_schedule(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    s.put_schedule(put_new("rs", "qrs", None)).await.unwrap();
+    enqueue_one(&s, job("k")).await;
+    let old = claim_one(&s, "w").await;
+    one(&s, succeed(&old)).await.unwrap();
+    h.advance(Duration::from_secs(3600));
+    let since = s.now().await.unwrap();
+    let recent = fire_and_claim(&s, "rs", "qrs", now).await;
+    one(&s, succeed(&recent)).await.unwrap();
+    enqueue_one(&s, job("k")).await;
+    let running = claim_one(&s, "w").await;
+    let _waiting = enqueue_one(&s, job("k")).await;
+    let runs = s.runs_since(since, 100).await.unwrap();
+    assert_eq!(
+        runs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![recent.id, running.id],
+        "finished since, then running; not the old run nor the waiting job"
+    );
+    assert_eq!(s.runs_since(since, 1).await.unwrap().len(), 1, "limit");
+    let page = s
+        .list_jobs(JobFilter {
+            schedule: Some("rs".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![recent.id]
     );
 }

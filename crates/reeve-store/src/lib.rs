@@ -317,6 +317,11 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due_in(&self) -> Result<Option<Duration>>;
 
     async fn get_job(&self, id: JobId) -> Result<Job>;
+
+    /// Runs that overlap `[since, now]`: jobs running now, and jobs that
+    /// finished at or after `since` after being claimed; oldest claim first,
+    /// at most `limit` (the timeline's question).
+    async fn runs_since(&self, since: Timestamp, limit: u32) -> Result<Vec<Job>>;
     async fn list_jobs(&self, filter: JobFilter) -> Result<Page<Job>>;
     async fn job_events(&self, id: JobId) -> Result<Vec<Event>>;
     async fn job_output(&self, id: JobId) -> Result<Vec<RunOutput>>;
