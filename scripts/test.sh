@@ -22,6 +22,22 @@ if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
   fi
 fi
 
+# The dashboard's browser tests drive a headless Chromium through
+# chromedriver (tests/common/browser.rs); they skip without it, except under CI.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+      || { timeout 600 apt-get update -qq >/dev/null 2>&1 \
+        && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }; then
+      echo "== installed chromium and chromium-driver (for the browser tests)"
+    else
+      echo "could not install chromium/chromium-driver; the browser tests will say so"
+    fi
+  else
+    echo "chromium/chromedriver missing and not installable here (needs root and apt-get); the browser tests will say so"
+  fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -157,7 +157,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         auth = config.admin_token.is_some(),
         "reeve listening"
     );
-    axum::serve(listener, reeve_api::router(state))
+    axum::serve(listener, reeve_api::router_with(state, reeve_web::routes()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;

@@ -505,3 +505,26 @@ pub fn base64_decode(input: &str) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+/// A started browser, or `None` (after printing why) when a browser test
+/// should skip: Chromium or chromedriver is not installed. Under CI (`CI`
+/// set) with Chromium present, a browser that does not start fails the test.
+pub fn start_or_skip() -> Option<Browser> {
+    match Browser::start() {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var_os("CI").is_some() && Path::new(CHROMIUM).exists() => {
+            panic!("browser did not start (CI set and {CHROMIUM} present): {e}")
+        }
+        Err(e) => {
+            println!("skipping browser test: {e}");
+            None
+        }
+    }
+}
+
+/// Where browser tests leave their screenshots (`target/dashboard-screenshots`).
+pub fn screenshot_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}

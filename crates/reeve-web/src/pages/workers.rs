@@ -1,0 +1,123 @@
+//! `/workers`: the executors doing the work — this daemon (slots used /
+//! total, leader, counters) and every other claimer holding runs, with the
+//! age of its newest heartbeat; a claimer silent past its runs' heartbeat
+//! timeout is marked stale.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use reeve_api::AppState;
+use reeve_core::{JobFilter, JobState, Timestamp};
+
+use crate::html::{badge, esc, ms, section, table, when};
+use crate::{Page, PageResult};
+
+struct Claimer {
+    runs: u64,
+    last_beat: Option<Timestamp>,
+    timeout_ms: i64,
+    queues: Vec<String>,
+    kinds: Vec<String>,
+}
+
+pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
+    let store = state.store.as_ref();
+    let now = store.now().await?;
+    let stats = state.runtime.stats();
+    let me = state.runtime.worker_id();
+    let running = store
+        .list_jobs(JobFilter {
+            state: Some(JobState::Running),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?
+        .items;
+    let mut claimers: BTreeMap<String, Claimer> = BTreeMap::new();
+    for j in &running {
+        let name = j.claimed_by.clone().unwrap_or_else(|| "?".into());
+        let c = claimers.entry(name).or_insert(Claimer {
+            runs: 0,
+            last_beat: None,
+            timeout_ms: 0,
+            queues: Vec::new(),
+            kinds: Vec::new(),
+        });
+        c.runs += 1;
+        c.last_beat = c.last_beat.max(j.heartbeat_at.or(j.claimed_at));
+        c.timeout_ms = c
+            .timeout_ms
+            .max(reeve_core::time::duration_millis(j.heartbeat_timeout));
+        if !c.queues.contains(&j.queue) {
+            c.queues.push(j.queue.clone());
+        }
+        if !c.kinds.contains(&j.kind) {
+            c.kinds.push(j.kind.clone());
+        }
+    }
+    let mine = claimers.remove(&me);
+    let mut rows = vec![vec![
+        format!("{} <span class=\"small\">(this daemon)</span>", esc(&me)),
+        if stats.leader {
+            badge("leader")
+        } else {
+            badge("follower")
+        },
+        format!("{} / {}", stats.busy, stats.slots),
+        mine.as_ref()
+            .map_or("—".into(), |c| esc(&c.kinds.join(", "))),
+        "now".into(),
+        format!(
+            "{} claimed · {} finished · {} reaped · {} refused write-backs",
+            stats.claimed_total,
+            stats.finished_total,
+            stats.reaped_total,
+            stats.refused_writebacks_total
+        ),
+    ]];
+    for (name, c) in &claimers {
+        let age = c.last_beat.map(|b| b.millis_until(now).max(0));
+        let stale = age.is_some_and(|a| a > c.timeout_ms);
+        rows.push(vec![
+            esc(name),
+            if stale {
+                badge("stale")
+            } else {
+                badge("active")
+            },
+            format!("{} running", c.runs),
+            esc(&c.kinds.join(", ")),
+            format!(
+                "{} <span class=\"small\">({} ago)</span>",
+                when(c.last_beat, now),
+                ms(age)
+            ),
+            format!("queues {}", esc(&c.queues.join(", "))),
+        ]);
+    }
+    let mut main = String::from("<h1>Workers</h1>");
+    main.push_str(&section(
+        "workers",
+        "Executors",
+        &table(
+            &[
+                "worker",
+                "status",
+                "slots / runs",
+                "kinds running",
+                "last seen",
+                "",
+            ],
+            &rows,
+            "",
+        ),
+    ));
+    Ok(Page {
+        title: "Workers".into(),
+        nav: "/workers",
+        main,
+        live_ms: Some(3000),
+    }
+    .respond(&headers))
+}
