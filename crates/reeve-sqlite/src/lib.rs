@@ -313,6 +313,35 @@ impl Store for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
+    async fn finished_stats(&self, since: Timestamp) -> Result<reeve_store::FinishedStats> {
+        let mut stats = reeve_store::FinishedStats::default();
+        let hours: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT (finished_at - ?1) / 3600000 AS h, COUNT(*) FROM jobs \
+             WHERE finished_at >= ?1 GROUP BY h",
+        )
+        .bind(since.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        stats.per_hour = hours
+            .into_iter()
+            .map(|(h, n)| (h, n.max(0) as u64))
+            .collect();
+        let reasons: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT failure_reason, COUNT(*) FROM jobs \
+             WHERE state = 'failed' AND finished_at >= ?1 GROUP BY failure_reason",
+        )
+        .bind(since.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        stats.failed_by_reason = reasons
+            .into_iter()
+            .map(|(r, n)| (r.unwrap_or_else(|| "error".into()), n.max(0) as u64))
+            .collect();
+        Ok(stats)
+    }
+
     async fn list_jobs(&self, filter: JobFilter) -> Result<Page<Job>> {
         let limit = filter.limit.clamp(1, 1000);
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");

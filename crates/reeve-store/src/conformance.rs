@@ -87,7 +87,8 @@ macro_rules! conformance_suite {
             pressure_defers_a_due_firing_within_its_bound,
             old_ledger_rows_and_audit_are_kept_apart,
             ledger_rows_keep_to_their_own_firing,
-            runs_since_and_jobs_by_schedule
+            runs_since_and_jobs_by_schedule,
+            finished_stats_count_by_hour_and_reason
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -2911,4 +2912,26 @@ pub async fn runs_since_and_jobs_by_schedule(h: &impl Harness) {
         page.items.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![recent.id]
     );
+}
+
+pub async fn finished_stats_count_by_hour_and_reason(h: &impl Harness) {
+    let s = h.store();
+    let since = s.now().await.unwrap();
+    for reason in [FailureReason::AuthFailed, FailureReason::AuthFailed, FailureReason::TurnLimitExceeded] {
+        enqueue_one(&s, job("k")).await;
+        let j = claim_one(&s, "w").await;
+        one(&s, fail(&j, reason)).await.unwrap();
+    }
+    h.advance(Duration::from_secs(3600));
+    let mid = s.now().await.unwrap();
+    enqueue_one(&s, job("k")).await;
+    let j = claim_one(&s, "w").await;
+    one(&s, succeed(&j)).await.unwrap();
+    let stats = s.finished_stats(since).await.unwrap();
+    assert_eq!(stats.per_hour.get(&0), Some(&3));
+    assert_eq!(stats.per_hour.get(&1), Some(&1));
+    assert_eq!(stats.failed_by_reason.get("auth_failed"), Some(&2));
+    assert_eq!(stats.failed_by_reason.get("turn_limit_exceeded"), Some(&1));
+    let later = s.finished_stats(mid).await.unwrap();
+    assert_eq!(later.per_hour.values().sum::<u64>(), 1, "only what finished since");
 }

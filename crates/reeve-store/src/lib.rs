@@ -322,6 +322,11 @@ pub trait Store: Send + Sync + 'static {
     /// finished at or after `since` after being claimed; oldest claim first,
     /// at most `limit` (the timeline's question).
     async fn runs_since(&self, since: Timestamp, limit: u32) -> Result<Vec<Job>>;
+
+    /// Counts of the jobs that finished at or after `since`: per hour from
+    /// `since`, and the failed ones by reason (the metrics page's question,
+    /// answered by aggregates on the finished-at index, not by loading rows).
+    async fn finished_stats(&self, since: Timestamp) -> Result<FinishedStats>;
     async fn list_jobs(&self, filter: JobFilter) -> Result<Page<Job>>;
     async fn job_events(&self, id: JobId) -> Result<Vec<Event>>;
     async fn job_output(&self, id: JobId) -> Result<Vec<RunOutput>>;
@@ -416,6 +421,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` audit records, newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+}
+
+/// See [`Store::finished_stats`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FinishedStats {
+    /// Hour index from `since` (0 = the first hour) → jobs finished in it.
+    pub per_hour: std::collections::BTreeMap<i64, u64>,
+    /// Failure reason → jobs that ended `failed` with it.
+    pub failed_by_reason: std::collections::BTreeMap<String, u64>,
 }
 
 /// Observed typical durations, by schedule and by kind.

@@ -83,6 +83,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             (database.open(StoreConfig::default()).await?, None)
         };
 
+    if args.dashboard {
+        let result = crate::bench_dashboard::run(dyn_store.clone(), args.jobs).await;
+        match throwaway {
+            Some(pg) => pg.drop_schema_and_close().await?,
+            None => dyn_store.close().await,
+        }
+        let report = result?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+
     if let Some(firings) = args.firings {
         let result = firing_lag(dyn_store.clone(), firings, args.json).await;
         match throwaway {

@@ -294,6 +294,10 @@ pub struct BenchArgs {
     /// this many firings of a 1-second schedule on an idle daemon.
     #[arg(long)]
     pub firings: Option<u32>,
+    /// Instead, seed `--jobs` jobs (default 20,000; try 100000) with
+    /// schedules and a ledger, and time every dashboard page's render.
+    #[arg(long)]
+    pub dashboard: bool,
     #[arg(long)]
     pub json: bool,
 }

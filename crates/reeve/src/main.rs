@@ -3,6 +3,7 @@
 //! `REEVE_URL`), except `bench`, which measures a store directly.
 
 mod bench;
+mod bench_dashboard;
 mod cli;
 mod client;
 mod config;

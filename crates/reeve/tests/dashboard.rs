@@ -291,3 +291,27 @@ fn an_operator_drives_the_dashboard_in_a_real_browser() {
     drop(b);
     d.stop();
 }
+
+/// `reeve bench --dashboard` seeds a store and renders every page; each
+/// answers 200 (the timings themselves are for people, not asserted).
+#[test]
+fn the_dashboard_benchmark_renders_every_page() {
+    let out = Command::new(BIN)
+        .args(["bench", "--dashboard", "--jobs", "2000", "--json"])
+        .env_remove("REEVE_DB")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pages = report["pages"].as_array().unwrap();
+    assert!(pages.len() >= 7);
+    for p in pages {
+        assert_eq!(p["status"], 200, "{p}");
+        assert!(p["bytes"].as_u64().unwrap() > 500, "{p}");
+        assert!(p["p50_ms"].as_f64().unwrap() > 0.0);
+    }
+}

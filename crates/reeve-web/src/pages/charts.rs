@@ -1,6 +1,6 @@
 //! `/charts`: per schedule, slot wait and duration p50 / p95 per hour over
-//! the last 24 hours (from the firing ledger); runs per hour and failures by
-//! reason (from the runs of the last 24 hours).
+//! the last 24 hours (from the firing ledger); jobs finished per hour and
+//! failures by reason (aggregates over the last 24 hours).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use reeve_api::{AppState, Percentiles};
-use reeve_core::{JobState, Timestamp};
+use reeve_core::Timestamp;
 
 use crate::html::{badge, esc, ms, section, table};
 use crate::pages::schedule_link;
@@ -20,8 +20,6 @@ const HOUR: i64 = 3_600_000;
 const MAX_SCHEDULES: usize = 12;
 /// Ledger rows read per schedule.
 const ROWS: u32 = 2000;
-/// Runs read for the hourly counts.
-const RUNS: u32 = 20_000;
 
 /// Hourly p50 and p95 of `(at, value)` points from `start`.
 fn hourly(points: &[(i64, i64)], start: i64) -> (Points, Points) {
@@ -123,20 +121,10 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
         &charts,
     ));
 
-    let runs = store.runs_since(Timestamp(start), RUNS).await?;
+    let finished = store.finished_stats(Timestamp(start)).await?;
     let mut per_hour = [0u64; 24];
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    for j in &runs {
-        if let Some(c) = j.claimed_at
-            && c.0 >= start
-        {
-            per_hour[(((c.0 - start) / HOUR) as usize).min(23)] += 1;
-        }
-        if matches!(j.state, JobState::Failed | JobState::Retryable)
-            && let Some(r) = j.failure_reason
-        {
-            *failures.entry(r.as_str().to_string()).or_default() += 1;
-        }
+    for (h, n) in &finished.per_hour {
+        per_hour[(*h).clamp(0, 23) as usize] += n;
     }
     let values: Vec<(String, f64)> = per_hour
         .iter()
@@ -145,16 +133,17 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
         .collect();
     main.push_str(&section(
         "per-hour",
-        "Runs started per hour",
+        "Jobs finished per hour",
         &svg::bars(&values, 3),
     ));
-    let rows: Vec<Vec<String>> = failures
+    let rows: Vec<Vec<String>> = finished
+        .failed_by_reason
         .iter()
         .map(|(r, n)| {
             vec![
                 badge(r),
                 n.to_string(),
-                format!("<a href=\"/jobs?state=failed\">failed jobs</a>"),
+                "<a href=\"/jobs?state=failed\">failed jobs</a>".to_string(),
             ]
         })
         .collect();
