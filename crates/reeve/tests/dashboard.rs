@@ -22,7 +22,8 @@ fn start(dir: &std::path::Path) -> Daemon {
     std::fs::write(&token, TOKEN).unwrap();
     let config = format!(
         "[server]\nadmin_token_file = \"{}\"\n[executor]\nslots = 4\nkill_grace = \"1s\"\n[limits]\nglobal = 1\n\
-         [kinds.slow]\ncommand = [\"sleep\", \"60\"]\n[kinds.quick]\ncommand = [\"true\"]\n",
+         [kinds.slow]\ncommand = [\"sleep\", \"60\"]\n[kinds.quick]\ncommand = [\"sh\", \"-c\", \"echo checking; sleep 0.2\"]\n\
+         [kinds.fail]\ncommand = [\"sh\", \"-c\", \"echo boom >&2; exit 3\"]\n",
         token.display()
     );
     Daemon::start(dir, "dash", &dir.join("reeve.db"), &config)
@@ -187,6 +188,21 @@ fn an_operator_drives_the_dashboard_in_a_real_browser() {
     b.type_into("input[name=token]", TOKEN).unwrap();
     b.click("button[type=submit]").unwrap();
     b.wait_for_text("main h1", "Overview", long).unwrap();
+
+    // Some history: a few finished firings, a failure, a pressure signal.
+    for _ in 0..3 {
+        let run = api(&d, "POST", "/v1/schedules/nightly/run", Some(json!({})));
+        let id = run["job"]["id"].as_i64().unwrap();
+        wait_until("the firing finishes", long, || {
+            api(&d, "GET", &format!("/v1/jobs/{id}"), None)["state"] == "succeeded"
+        });
+    }
+    let failing = api(&d, "POST", "/v1/jobs", Some(json!({"kind": "fail", "max_attempts": 1})));
+    let failing = failing["id"].as_i64().unwrap();
+    wait_until("the failing job fails", long, || {
+        api(&d, "GET", &format!("/v1/jobs/{failing}"), None)["state"] == "failed"
+    });
+    api(&d, "POST", "/v1/pressure", Some(json!({"source": "my-ide", "ttl_seconds": 600})));
 
     // A slow job takes the only slot (global cap 1).
     let slow = api(&d, "POST", "/v1/jobs", Some(json!({"kind": "slow"})));
