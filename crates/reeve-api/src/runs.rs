@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use reeve_core::{InputError, JobFilter, JobState, Timestamp};
+use reeve_core::{InputError, Timestamp};
 use reeve_schedule::forecast::{Busy, Caps, ForecastInput, forecast};
 use reeve_schedule::{ScheduleStatus, ValidSchedule};
 use reeve_store::operator::{full_cap, slot_eta_seconds};
@@ -89,23 +89,19 @@ async fn current_full_cap(store: &dyn Store, queue: &str) -> ApiResult<Option<Ca
     ))
 }
 
+/// The distinct values, sorted.
+fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = values.collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// The ETA of a slot under `full`, from the running jobs' typical durations.
 async fn slot_eta(store: &dyn Store, full: &CapacityFull) -> ApiResult<u64> {
-    let running = store
-        .list_jobs(JobFilter {
-            state: Some(JobState::Running),
-            queue: full.queue.clone(),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?
-        .items;
-    let mut schedules: Vec<String> = running.iter().filter_map(|j| j.schedule.clone()).collect();
-    schedules.sort();
-    schedules.dedup();
-    let mut kinds: Vec<String> = running.iter().map(|j| j.kind.clone()).collect();
-    kinds.sort();
-    kinds.dedup();
+    let running = store.running_jobs(full.queue.as_deref(), 1000).await?;
+    let schedules = distinct(running.iter().filter_map(|j| j.schedule.clone()));
+    let kinds = distinct(running.iter().map(|j| j.kind.clone()));
     let typical = store.typical_durations(&schedules, &kinds).await?;
     let now = store.now().await?;
     let with_typical: Vec<_> = running
@@ -526,17 +522,8 @@ pub async fn build_forecast(
         .filter_map(|r| r.spec.validate().ok().map(|v| (r, v)))
         .collect();
     let names: Vec<String> = active.iter().map(|(r, _)| r.name.clone()).collect();
-    let running = store
-        .list_jobs(JobFilter {
-            state: Some(JobState::Running),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?
-        .items;
-    let mut kinds: Vec<String> = running.iter().map(|j| j.kind.clone()).collect();
-    kinds.sort();
-    kinds.dedup();
+    let running = store.running_jobs(None, 1000).await?;
+    let kinds = distinct(running.iter().map(|j| j.kind.clone()));
     let typical = store.typical_durations(&names, &kinds).await?;
     let now = store.now().await?;
     let inputs: Vec<ForecastInput> = active

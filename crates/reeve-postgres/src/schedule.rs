@@ -701,13 +701,32 @@ pub(crate) async fn prune_firings(
 /// Runs whose median is a typical duration.
 const TYPICAL_OF: i64 = 20;
 
+/// Rows of `(key, duration ms)` into each key's median duration.
+fn medians_into(
+    rows: &[PgRow],
+    into: &mut std::collections::HashMap<String, std::time::Duration>,
+) -> Result<()> {
+    let mut observed: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for r in rows {
+        observed
+            .entry(col(r, 0)?)
+            .or_default()
+            .push(col::<i64>(r, 1)?);
+    }
+    for (key, ms) in observed {
+        if let Some(ms) = median_ms(ms) {
+            into.insert(key, std::time::Duration::from_millis(ms.max(0) as u64));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn typical_durations(
     store: &PostgresStore,
     schedules: &[String],
     kinds: &[String],
 ) -> Result<TypicalDurations> {
     let mut out = TypicalDurations::default();
-    let mut observed: std::collections::HashMap<String, Vec<i64>> = Default::default();
     if !schedules.is_empty() {
         // Each schedule's newest succeeded runs, by its ledger's
         // (schedule, nominal_at) index.
@@ -723,18 +742,7 @@ pub(crate) async fn typical_durations(
         .fetch_all(&store.pool)
         .await
         .map_err(db_error)?;
-        for r in &rows {
-            observed
-                .entry(col(r, 0)?)
-                .or_default()
-                .push(col::<i64>(r, 1)?);
-        }
-        for (name, ms) in observed.drain() {
-            if let Some(ms) = median_ms(ms) {
-                out.by_schedule
-                    .insert(name, std::time::Duration::from_millis(ms.max(0) as u64));
-            }
-        }
+        medians_into(&rows, &mut out.by_schedule)?;
     }
     if !kinds.is_empty() {
         // The newest finished jobs first (by the finished_at index); bounded
@@ -754,18 +762,7 @@ pub(crate) async fn typical_durations(
         .fetch_all(&store.pool)
         .await
         .map_err(db_error)?;
-        for r in &rows {
-            observed
-                .entry(col(r, 0)?)
-                .or_default()
-                .push(col::<i64>(r, 1)?);
-        }
-        for (kind, ms) in observed.drain() {
-            if let Some(ms) = median_ms(ms) {
-                out.by_kind
-                    .insert(kind, std::time::Duration::from_millis(ms.max(0) as u64));
-            }
-        }
+        medians_into(&rows, &mut out.by_kind)?;
     }
     Ok(out)
 }

@@ -2917,7 +2917,11 @@ pub async fn runs_since_and_jobs_by_schedule(h: &impl Harness) {
 pub async fn finished_stats_count_by_hour_and_reason(h: &impl Harness) {
     let s = h.store();
     let since = s.now().await.unwrap();
-    for reason in [FailureReason::AuthFailed, FailureReason::AuthFailed, FailureReason::TurnLimitExceeded] {
+    for reason in [
+        FailureReason::AuthFailed,
+        FailureReason::AuthFailed,
+        FailureReason::TurnLimitExceeded,
+    ] {
         enqueue_one(&s, job("k")).await;
         let j = claim_one(&s, "w").await;
         one(&s, fail(&j, reason)).await.unwrap();
@@ -2933,5 +2937,9 @@ pub async fn finished_stats_count_by_hour_and_reason(h: &impl Harness) {
     assert_eq!(stats.failed_by_reason.get("auth_failed"), Some(&2));
     assert_eq!(stats.failed_by_reason.get("turn_limit_exceeded"), Some(&1));
     let later = s.finished_stats(mid).await.unwrap();
-    assert_eq!(later.per_hour.values().sum::<u64>(), 1, "only what finished since");
+    assert_eq!(
+        later.per_hour.values().sum::<u64>(),
+        1,
+        "only what finished since"
+    );
 }

@@ -318,6 +318,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_job(&self, id: JobId) -> Result<Job>;
 
+    /// The running jobs (of `queue`, if given), newest first, at most `limit`.
+    async fn running_jobs(&self, queue: Option<&str>, limit: u32) -> Result<Vec<Job>> {
+        Ok(self
+            .list_jobs(JobFilter {
+                state: Some(JobState::Running),
+                queue: queue.map(str::to_string),
+                limit,
+                ..Default::default()
+            })
+            .await?
+            .items)
+    }
+
     /// Runs that overlap `[since, now]`: jobs running now, and jobs that
     /// finished at or after `since` after being claimed; oldest claim first,
     /// at most `limit` (the timeline's question).

@@ -197,12 +197,22 @@ fn an_operator_drives_the_dashboard_in_a_real_browser() {
             api(&d, "GET", &format!("/v1/jobs/{id}"), None)["state"] == "succeeded"
         });
     }
-    let failing = api(&d, "POST", "/v1/jobs", Some(json!({"kind": "fail", "max_attempts": 1})));
+    let failing = api(
+        &d,
+        "POST",
+        "/v1/jobs",
+        Some(json!({"kind": "fail", "max_attempts": 1})),
+    );
     let failing = failing["id"].as_i64().unwrap();
     wait_until("the failing job fails", long, || {
         api(&d, "GET", &format!("/v1/jobs/{failing}"), None)["state"] == "failed"
     });
-    api(&d, "POST", "/v1/pressure", Some(json!({"source": "my-ide", "ttl_seconds": 600})));
+    api(
+        &d,
+        "POST",
+        "/v1/pressure",
+        Some(json!({"source": "my-ide", "ttl_seconds": 600})),
+    );
 
     // A slow job takes the only slot (global cap 1).
     let slow = api(&d, "POST", "/v1/jobs", Some(json!({"kind": "slow"})));

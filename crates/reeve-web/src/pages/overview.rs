@@ -34,20 +34,23 @@ fn waiting_why(q: &QueueInfo, global: Option<u32>, running_total: u64) -> String
     "waiting for a free executor slot".into()
 }
 
+/// How full a cap is, red when full.
+fn cap_bar(running: u64, cap: u32, label: &str) -> String {
+    let tone = if running >= u64::from(cap) {
+        "bad"
+    } else {
+        "ok"
+    };
+    svg::bar(running as f64 / f64::from(cap.max(1)), tone, label)
+}
+
 pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
     let store = state.store.as_ref();
     let now = store.now().await?;
     let counts = store.status().await?;
     let limits = store.limits().await?;
     let queues = store.list_queues().await?;
-    let running = store
-        .list_jobs(JobFilter {
-            state: Some(JobState::Running),
-            limit: 200,
-            ..Default::default()
-        })
-        .await?
-        .items;
+    let running = store.running_jobs(None, 200).await?;
     let failed = store
         .list_jobs(JobFilter {
             state: Some(JobState::Failed),
@@ -108,15 +111,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
         Some(g) => format!(
             "<p>Global cap: <strong>{} / {g}</strong> running {}</p>",
             counts.running,
-            svg::bar(
-                counts.running as f64 / f64::from(g.max(1)),
-                if counts.running >= u64::from(g) {
-                    "bad"
-                } else {
-                    "ok"
-                },
-                "global cap use"
-            )
+            cap_bar(counts.running, g, "global cap use")
         ),
         None => format!("<p>Global cap: none ({} running)</p>", counts.running),
     };
@@ -128,15 +123,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
                 Some(c) => format!(
                     "{} / {c} {}",
                     q.running,
-                    svg::bar(
-                        q.running as f64 / f64::from(c.max(1)),
-                        if q.running >= u64::from(c) {
-                            "bad"
-                        } else {
-                            "ok"
-                        },
-                        "queue cap use"
-                    )
+                    cap_bar(q.running, c, "queue cap use")
                 ),
                 None => format!("{} / —", q.running),
             };

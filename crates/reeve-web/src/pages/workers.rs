@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use reeve_api::AppState;
-use reeve_core::{JobFilter, JobState, Timestamp};
+use reeve_core::Timestamp;
 
 use crate::html::{badge, esc, ms, section, table, when};
 use crate::{Page, PageResult};
@@ -26,14 +26,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
     let now = store.now().await?;
     let stats = state.runtime.stats();
     let me = state.runtime.worker_id();
-    let running = store
-        .list_jobs(JobFilter {
-            state: Some(JobState::Running),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?
-        .items;
+    let running = store.running_jobs(None, 1000).await?;
     let mut claimers: BTreeMap<String, Claimer> = BTreeMap::new();
     for j in &running {
         let name = j.claimed_by.clone().unwrap_or_else(|| "?".into());
