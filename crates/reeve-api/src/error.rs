@@ -36,6 +36,9 @@ pub enum ApiError {
     InvalidInput(InputError),
     /// 401: missing or wrong bearer token.
     Unauthorized,
+    /// 403: a valid token that does not allow this request (a job token on
+    /// another job or epoch, a worker token outside its kinds).
+    Forbidden(String),
     /// 415: the body is not `application/json`.
     UnsupportedMediaType(String),
     /// 413: the body exceeds the request size limit.
@@ -98,6 +101,7 @@ impl From<StoreError> for ApiError {
             StoreError::ScheduleNotFound(name) => {
                 ApiError::NotFound(format!("schedule {name} not found"))
             }
+            StoreError::WorkerNotFound(id) => ApiError::NotFound(format!("worker {id} not found")),
             StoreError::StaleEpoch { expected, actual } => {
                 ApiError::StaleEpoch { expected, actual }
             }
@@ -144,6 +148,7 @@ impl IntoResponse for ApiError {
                 "unauthorized",
                 "missing or invalid bearer token".to_string(),
             ),
+            ApiError::Forbidden(message) => (StatusCode::FORBIDDEN, "forbidden", message),
             ApiError::UnsupportedMediaType(message) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -1,6 +1,7 @@
 //! Job routes: enqueue (single and batch), read, cancel, retry, and the fenced
 //! executor write-backs (heartbeat, complete, fail).
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::extract::{ApiJson, ApiQuery, JobIdParam};
+use crate::tokens::Principal;
 use crate::{ApiError, AppState};
 
 /// Most jobs accepted in one batch enqueue.
@@ -255,28 +257,57 @@ pub(crate) async fn retry(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HeartbeatRequest {
-    epoch: i64,
+    pub(crate) epoch: i64,
     #[serde(default)]
-    turns: Option<i64>,
+    pub(crate) turns: Option<i64>,
     #[serde(default)]
-    progress: Option<String>,
+    pub(crate) progress: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub(crate) struct HeartbeatResponse {
-    status: &'static str,
-    lease_expires_at: reeve_core::Timestamp,
-    turns: i64,
-    max_turns: Option<i64>,
+    pub(crate) status: &'static str,
+    pub(crate) lease_expires_at: reeve_core::Timestamp,
+    /// The lease left, by the store's clock: an executor on another clock
+    /// counts down from this instead of comparing instants.
+    pub(crate) lease_remaining_ms: i64,
+    pub(crate) turns: i64,
+    pub(crate) max_turns: Option<i64>,
+    /// Messages in the job's inbox not yet read.
+    pub(crate) unread_mail: u64,
+}
+
+/// A job token may write only its own run: its job and its epoch.
+pub(crate) fn own_run(principal: &Principal, job: JobId, epoch: i64) -> ApiResult<()> {
+    match principal {
+        Principal::Job { job: j, epoch: e } if *j != job || *e != epoch => {
+            Err(ApiError::Forbidden(format!(
+                "this job token is for job {j} at epoch {e}, not job {job} at epoch {epoch}"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `POST /v1/jobs/{id}/heartbeat`: extends the lease of the run holding
 /// `epoch`. Every refusal is `409 lease_lost`: the executor must stop.
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JobIdParam(id): JobIdParam,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
+    own_run(&principal, id, req.epoch)?;
+    beat(&state, id, req).await.map(Json)
+}
+
+/// One heartbeat of the run of `id`, shared by `/v1/jobs/{id}/heartbeat`
+/// and the worker protocol.
+pub(crate) async fn beat(
+    state: &AppState,
+    id: JobId,
+    req: HeartbeatRequest,
+) -> ApiResult<HeartbeatResponse> {
     if req.turns.is_some_and(|t| t < 0) {
         return Err(ApiError::input("turns", "must not be negative"));
     }
@@ -319,39 +350,59 @@ pub(crate) async fn heartbeat(
             .await?
             .remove(0);
         ended.map_err(ApiError::from_heartbeat)?;
-        return Ok(Json(HeartbeatResponse {
+        return Ok(HeartbeatResponse {
             status: "turn_limit_exceeded",
             lease_expires_at: ack.lease_expires_at,
+            lease_remaining_ms: 0,
             turns: ack.turns,
             max_turns: ack.max_turns,
-        }));
+            unread_mail: 0,
+        });
     }
-    Ok(Json(HeartbeatResponse {
+    let now = state.store.now().await?;
+    let unread_mail = state.store.unread_mail(id).await?;
+    Ok(HeartbeatResponse {
         status: if ack.cancel_requested {
             "cancel_requested"
         } else {
             "ok"
         },
         lease_expires_at: ack.lease_expires_at,
+        lease_remaining_ms: now.millis_until(ack.lease_expires_at).max(0),
         turns: ack.turns,
         max_turns: ack.max_turns,
-    }))
+        unread_mail,
+    })
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CompleteRequest {
-    epoch: i64,
+    pub(crate) epoch: i64,
     #[serde(default)]
-    result: Option<serde_json::Value>,
+    pub(crate) result: Option<serde_json::Value>,
+    /// The tail of the run's output, kept with the job.
+    #[serde(default)]
+    pub(crate) output: Option<String>,
 }
 
 /// `POST /v1/jobs/{id}/complete`: fenced on `(job, epoch)`.
 pub(crate) async fn complete(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JobIdParam(id): JobIdParam,
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> ApiResult<Json<Job>> {
+    own_run(&principal, id, req.epoch)?;
+    complete_run(&state, id, req).await.map(Json)
+}
+
+/// A fenced completion, shared with the worker protocol.
+pub(crate) async fn complete_run(
+    state: &AppState,
+    id: JobId,
+    req: CompleteRequest,
+) -> ApiResult<Job> {
     if let Some(result) = &req.result {
         let max = state.config.max_payload_bytes;
         let len = serde_json::to_vec(result).map_or(usize::MAX, |v| v.len());
@@ -363,17 +414,20 @@ pub(crate) async fn complete(
         }
     }
     let outcome = Outcome::Succeeded { result: req.result };
-    finish_one(&state, id, req.epoch, outcome).await
+    finish_one(state, id, req.epoch, outcome, req.output).await
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FailRequest {
-    epoch: i64,
+    pub(crate) epoch: i64,
     #[serde(default)]
-    reason: Option<FailureReason>,
+    pub(crate) reason: Option<FailureReason>,
     #[serde(default)]
-    error: Option<String>,
+    pub(crate) error: Option<String>,
+    /// The tail of the run's output, kept with the job.
+    #[serde(default)]
+    pub(crate) output: Option<String>,
 }
 
 /// `POST /v1/jobs/{id}/fail`: fenced on `(job, epoch)`. The executor names
@@ -381,9 +435,16 @@ pub(crate) struct FailRequest {
 /// none.
 pub(crate) async fn fail(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JobIdParam(id): JobIdParam,
     ApiJson(req): ApiJson<FailRequest>,
 ) -> ApiResult<Json<Job>> {
+    own_run(&principal, id, req.epoch)?;
+    fail_run(&state, id, req).await.map(Json)
+}
+
+/// A fenced failure, shared with the worker protocol.
+pub(crate) async fn fail_run(state: &AppState, id: JobId, req: FailRequest) -> ApiResult<Job> {
     let reason = match (req.reason, req.error.as_deref()) {
         (Some(reason), _) => reason,
         (None, Some(error)) => FailureReason::classify(error),
@@ -398,23 +459,31 @@ pub(crate) async fn fail(
         reason,
         error: req.error,
     };
-    finish_one(&state, id, req.epoch, outcome).await
+    finish_one(state, id, req.epoch, outcome, req.output).await
 }
+
+/// Output kept from a remote run's report (its tail).
+const MAX_REPORTED_OUTPUT: usize = 1024 * 1024;
 
 async fn finish_one(
     state: &AppState,
     job: JobId,
     epoch: i64,
     outcome: Outcome,
-) -> ApiResult<Json<Job>> {
+    output: Option<String>,
+) -> ApiResult<Job> {
+    let output = output.map(|o| {
+        let b = o.into_bytes();
+        b[b.len().saturating_sub(MAX_REPORTED_OUTPUT)..].to_vec()
+    });
     let answers = state
         .store
         .finish(vec![Finish {
             job,
             epoch,
             outcome,
-            output: None,
+            output,
         }])
         .await?;
-    Ok(Json(single(answers)??))
+    Ok(single(answers)??)
 }

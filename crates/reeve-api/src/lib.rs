@@ -34,6 +34,8 @@ mod jobs;
 mod runs;
 mod schedules;
 mod session;
+pub mod tokens;
+mod workers;
 
 pub use runs::{Percentiles, build_forecast};
 pub use schedules::{ApplyResponse, ChangedSchedule, CollisionWarning, apply_specs};
@@ -73,6 +75,23 @@ pub struct ApiConfig {
     pub max_request_bytes: usize,
     /// Largest job payload (and completion result) accepted. Default 1 MiB.
     pub max_payload_bytes: usize,
+    /// Worker tokens (only with an admin token: auth on).
+    pub worker_tokens: Vec<tokens::WorkerToken>,
+    /// Signs the job tokens handed to runs.
+    pub job_tokens: tokens::JobTokens,
+    /// Largest checkpoint accepted. Default 1 MiB.
+    pub max_checkpoint_bytes: usize,
+}
+
+impl ApiConfig {
+    /// Settings with `admin_token` (and the job-token key derived from it).
+    pub fn with_admin_token(admin_token: Option<String>) -> Self {
+        ApiConfig {
+            job_tokens: tokens::JobTokens::new(admin_token.as_deref()),
+            admin_token,
+            ..Default::default()
+        }
+    }
 }
 
 /// Default [`ApiConfig::max_request_bytes`].
@@ -84,6 +103,9 @@ impl Default for ApiConfig {
             admin_token: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_payload_bytes: reeve_core::job::DEFAULT_MAX_PAYLOAD_BYTES,
+            worker_tokens: Vec::new(),
+            job_tokens: tokens::JobTokens::new(None),
+            max_checkpoint_bytes: reeve_store::fleet::DEFAULT_MAX_CHECKPOINT_BYTES,
         }
     }
 }
@@ -97,6 +119,8 @@ impl fmt::Debug for ApiConfig {
             )
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("worker_tokens", &self.worker_tokens)
+            .field("max_checkpoint_bytes", &self.max_checkpoint_bytes)
             .finish()
     }
 }
@@ -182,6 +206,21 @@ pub fn router_with(state: AppState, pages: Router<AppState>) -> Router {
         )
         .route("/v1/audit", get(runs::audit))
         .route("/v1/forecast", get(runs::forecast_next))
+        .route("/v1/workers", get(workers::list))
+        .route("/v1/workers/register", post(workers::register))
+        .route("/v1/workers/{id}/claim", post(workers::claim))
+        .route("/v1/workers/{id}/heartbeat", post(workers::heartbeat))
+        .route("/v1/workers/{id}/complete", post(workers::complete))
+        .route("/v1/workers/{id}/fail", post(workers::fail))
+        .route("/v1/workers/{id}/deregister", post(workers::deregister))
+        .route(
+            "/v1/jobs/{id}/checkpoint",
+            get(workers::load_checkpoint).put(workers::save_checkpoint),
+        )
+        .route(
+            "/v1/jobs/{id}/mail",
+            get(workers::read_mail).post(workers::send_mail),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(admin::healthz))
@@ -213,31 +252,67 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.config.admin_token {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        let by_header = bearer.is_some_and(|t| token_matches(t, expected));
-        let by_cookie = !by_header
-            && session::cookie_token(&headers).is_some_and(|t| token_matches(t, expected));
-        if by_cookie && !request.method().is_safe() && !session::same_origin(&headers) {
-            return Err(ApiError::Unauthorized);
-        }
-        if !by_header && !by_cookie {
-            let path = request.uri().path();
-            if request.method() == axum::http::Method::GET
-                && !path.starts_with("/v1/")
-                && path != "/metrics"
-            {
-                return Ok(session::login_page(path, StatusCode::UNAUTHORIZED));
+    let mut request = request;
+    let principal = match &state.config.admin_token {
+        None => tokens::Principal::Open,
+        Some(expected) => {
+            let bearer = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
+            let by_cookie = bearer.is_none()
+                && session::cookie_token(&headers).is_some_and(|t| token_matches(t, expected));
+            if by_cookie && !request.method().is_safe() && !session::same_origin(&headers) {
+                return Err(ApiError::Unauthorized);
             }
-            return Err(ApiError::Unauthorized);
+            match bearer.map(|t| identify(&state.config, t, expected)) {
+                Some(Some(p)) => p,
+                None if by_cookie => tokens::Principal::Admin,
+                _ => {
+                    let path = request.uri().path();
+                    if request.method() == axum::http::Method::GET
+                        && !path.starts_with("/v1/")
+                        && path != "/metrics"
+                    {
+                        return Ok(session::login_page(path, StatusCode::UNAUTHORIZED));
+                    }
+                    return Err(ApiError::Unauthorized);
+                }
+            }
         }
+    };
+    if !tokens::allows(&principal, request.method(), request.uri().path()) {
+        return Err(ApiError::Forbidden(
+            "this token does not allow this request".into(),
+        ));
     }
+    request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
+}
+
+/// The principal a bearer token names: the admin, a configured worker
+/// token, or a genuine job token.
+fn identify(config: &ApiConfig, token: &str, admin: &str) -> Option<tokens::Principal> {
+    if token_matches(token, admin) {
+        return Some(tokens::Principal::Admin);
+    }
+    if let Some(w) = config
+        .worker_tokens
+        .iter()
+        .find(|w| token_matches(token, &w.token))
+    {
+        return Some(tokens::Principal::Worker {
+            name: w.name.clone(),
+            kinds: w.kinds.clone(),
+            queues: w.queues.clone(),
+        });
+    }
+    config
+        .job_tokens
+        .verify(token)
+        .map(|(job, epoch)| tokens::Principal::Job { job, epoch })
 }
 
 /// Constant-time comparison of a presented token with the configured one.

@@ -1239,3 +1239,481 @@ async fn a_heartbeat_past_the_turn_budget_ends_the_run() {
         .await;
     assert_error(&late, StatusCode::CONFLICT, "not_running");
 }
+
+const ADMIN: &str = "admin-token-for-workers";
+const WORKER: &str = "worker-token-agents-only";
+
+async fn fleet_harness() -> Harness {
+    Harness::with_config(ApiConfig {
+        worker_tokens: vec![reeve_api::tokens::WorkerToken {
+            name: "agents".into(),
+            token: WORKER.into(),
+            kinds: vec!["agent".into()],
+            queues: vec![],
+        }],
+        ..ApiConfig::with_admin_token(Some(ADMIN.into()))
+    })
+    .await
+}
+
+impl Harness {
+    /// A request with `token` (or none) instead of the harness's own.
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(b.body(body).unwrap()).await
+    }
+
+    /// Registers a worker with the worker token; its id.
+    async fn register(&self, body: Value) -> String {
+        let r = self
+            .call(
+                Some(WORKER),
+                Method::POST,
+                "/v1/workers/register",
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json["worker"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// One claim of the worker `id`: (job, job token).
+    async fn worker_claim(&self, id: &str) -> Vec<(Job, String)> {
+        let r = self
+            .call(
+                Some(WORKER),
+                Method::POST,
+                &format!("/v1/workers/{id}/claim"),
+                Some(json!({"limit": 5, "wait_ms": 0})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|run| {
+                (
+                    serde_json::from_value(run["job"].clone()).unwrap(),
+                    run["token"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_remote_worker_registers_claims_heartbeats_checkpoints_reads_mail_and_completes() {
+    let h = fleet_harness().await;
+    let id = h
+        .register(json!({"name": "host-a", "kinds": ["agent"], "slots": 2}))
+        .await;
+    let again = h
+        .register(json!({"name": "host-a", "kinds": ["agent"], "slots": 2}))
+        .await;
+    assert_ne!(id, again, "a fresh identity at every registration");
+    let other_kind = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            "/v1/workers/register",
+            Some(json!({"name": "x", "kinds": ["other"], "slots": 1})),
+        )
+        .await;
+    assert_error(&other_kind, StatusCode::FORBIDDEN, "forbidden");
+    let bad = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            "/v1/workers/register",
+            Some(json!({"name": "x", "kinds": ["agent"], "slots": 0})),
+        )
+        .await;
+    assert_field(&bad, StatusCode::BAD_REQUEST, "invalid_input", "slots");
+
+    let job = h
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/jobs",
+            Some(json!({"kind": "agent"})),
+        )
+        .await;
+    assert_eq!(job.status, StatusCode::CREATED, "{}", job.text);
+    h.call(
+        Some(ADMIN),
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "other"})),
+    )
+    .await;
+    let runs = h.worker_claim(&id).await;
+    assert_eq!(runs.len(), 1, "only its kinds");
+    let (run, token) = runs.into_iter().next().unwrap();
+    assert_eq!(run.kind, "agent");
+    assert_eq!(run.claimed_by.as_deref(), Some(id.as_str()));
+
+    // Heartbeat through the worker endpoint.
+    let beat = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            &format!("/v1/workers/{id}/heartbeat"),
+            Some(json!({"runs": [{"job": run.id, "epoch": run.epoch, "turns": 2}]})),
+        )
+        .await;
+    assert_eq!(beat.status, StatusCode::OK, "{}", beat.text);
+    assert_eq!(beat.json["runs"][0]["status"], "ok");
+    assert!(beat.json["runs"][0]["lease_remaining_ms"].as_i64().unwrap() > 60_000);
+    assert_eq!(beat.json["runs"][0]["unread_mail"], 0);
+
+    // A checkpoint with the job token, read back.
+    let put = h
+        .send(
+            Request::builder()
+                .method(Method::PUT)
+                .uri(format!("/v1/jobs/{}/checkpoint", run.id))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from("step=3"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    assert_eq!(put.json["size"], 6);
+    let got = h
+        .call(
+            Some(&token),
+            Method::GET,
+            &format!("/v1/jobs/{}/checkpoint", run.id),
+            None,
+        )
+        .await;
+    assert_eq!((got.status, got.text.as_str()), (StatusCode::OK, "step=3"));
+
+    // Mail from an operator; the run sees it counted and reads it once.
+    let sent = h
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            &format!("/v1/jobs/{}/mail", run.id),
+            Some(json!({"subject": "hint", "body": "try the cache"})),
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.text);
+    let beat = h
+        .call(
+            Some(&token),
+            Method::POST,
+            &format!("/v1/jobs/{}/heartbeat", run.id),
+            Some(json!({"epoch": run.epoch})),
+        )
+        .await;
+    assert_eq!(beat.json["unread_mail"], 1, "{}", beat.text);
+    let mail = h
+        .call(
+            Some(&token),
+            Method::GET,
+            &format!("/v1/jobs/{}/mail", run.id),
+            None,
+        )
+        .await;
+    assert_eq!(mail.json["mail"][0]["subject"], "hint", "{}", mail.text);
+    assert!(
+        mail.json["mail"][0]["read_at"].is_null(),
+        "new when read the first time"
+    );
+    let again = h
+        .call(
+            Some(&token),
+            Method::GET,
+            &format!("/v1/jobs/{}/mail", run.id),
+            None,
+        )
+        .await;
+    assert!(!again.json["mail"][0]["read_at"].is_null());
+    let send_as_run = h
+        .call(
+            Some(&token),
+            Method::POST,
+            &format!("/v1/jobs/{}/mail", run.id),
+            Some(json!({"subject": "x", "body": "y"})),
+        )
+        .await;
+    assert_error(&send_as_run, StatusCode::FORBIDDEN, "forbidden");
+
+    // Complete with the job token.
+    let done = h
+        .call(
+            Some(&token),
+            Method::POST,
+            &format!("/v1/jobs/{}/complete", run.id),
+            Some(json!({"epoch": run.epoch, "result": {"ok": true}, "output": "all done\n"})),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.json["state"], "succeeded");
+    let late = h
+        .call(
+            Some(&token),
+            Method::POST,
+            &format!("/v1/jobs/{}/complete", run.id),
+            Some(json!({"epoch": run.epoch})),
+        )
+        .await;
+    assert_error(&late, StatusCode::CONFLICT, "not_running");
+
+    let fleet = h.call(Some(ADMIN), Method::GET, "/v1/workers", None).await;
+    assert_eq!(fleet.status, StatusCode::OK, "{}", fleet.text);
+    assert_eq!(fleet.json["workers"].as_array().unwrap().len(), 2);
+    let listed = h.call(Some(WORKER), Method::GET, "/v1/workers", None).await;
+    assert_error(&listed, StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn tokens_reach_only_what_they_name() {
+    let h = fleet_harness().await;
+    let id = h
+        .register(json!({"name": "w", "kinds": ["agent"], "slots": 2}))
+        .await;
+    for _ in 0..2 {
+        h.call(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/jobs",
+            Some(json!({"kind": "agent"})),
+        )
+        .await;
+    }
+    let runs = h.worker_claim(&id).await;
+    assert_eq!(runs.len(), 2);
+    let (a, ta) = &runs[0];
+    let (b, _) = &runs[1];
+    let before = h.store.get_job(b.id).await.unwrap();
+    // A's token on B: forbidden, and nothing changes.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            format!("/v1/jobs/{}/heartbeat", b.id),
+            Some(json!({"epoch": b.epoch})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/jobs/{}/complete", b.id),
+            Some(json!({"epoch": b.epoch})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/jobs/{}/fail", b.id),
+            Some(json!({"epoch": b.epoch, "reason": "error"})),
+        ),
+        (Method::GET, format!("/v1/jobs/{}/mail", b.id), None),
+        (Method::GET, format!("/v1/jobs/{}/checkpoint", b.id), None),
+        (Method::GET, format!("/v1/jobs/{}", a.id), None),
+        (Method::POST, format!("/v1/jobs/{}/cancel", a.id), None),
+        (Method::GET, "/v1/status".to_string(), None),
+        (
+            Method::POST,
+            "/v1/workers/register".to_string(),
+            Some(json!({"name": "x", "kinds": ["agent"], "slots": 1})),
+        ),
+    ] {
+        let r = h.call(Some(ta), method.clone(), &path, body).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
+    assert_eq!(h.store.get_job(b.id).await.unwrap(), before, "B untouched");
+    // A's token on its own job with another epoch: forbidden.
+    let r = h
+        .call(
+            Some(ta),
+            Method::POST,
+            &format!("/v1/jobs/{}/complete", a.id),
+            Some(json!({"epoch": a.epoch + 1})),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    // A forged token: unauthorized.
+    let forged = ta.replace(&format!("rjt_{}_", a.id), &format!("rjt_{}_", b.id));
+    let r = h
+        .call(
+            Some(&forged),
+            Method::POST,
+            &format!("/v1/jobs/{}/heartbeat", b.id),
+            Some(json!({"epoch": b.epoch})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    // No token at all.
+    let r = h
+        .call(
+            None,
+            Method::POST,
+            &format!("/v1/workers/{id}/claim"),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    // A worker token is not an admin token.
+    for (method, path) in [
+        (Method::GET, "/v1/jobs"),
+        (Method::GET, "/v1/status"),
+        (Method::POST, "/v1/schedules/apply"),
+    ] {
+        let r = h.call(Some(WORKER), method, path, Some(json!({}))).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
+    // An old epoch's token after a retry: its writes are refused.
+    h.store
+        .finish(vec![Finish {
+            job: a.id,
+            epoch: a.epoch,
+            outcome: Outcome::Failed {
+                reason: reeve_core::FailureReason::Error,
+                error: None,
+            },
+            output: None,
+        }])
+        .await
+        .unwrap();
+    h.store.advance_clock(std::time::Duration::from_secs(3600));
+    h.store.promote_due(10).await.unwrap();
+    let again = h.worker_claim(&id).await;
+    let (a2, _) = again.iter().find(|(j, _)| j.id == a.id).expect("A again");
+    assert_eq!(a2.epoch, a.epoch + 1);
+    let r = h
+        .call(
+            Some(ta),
+            Method::POST,
+            &format!("/v1/jobs/{}/complete", a.id),
+            Some(json!({"epoch": a2.epoch})),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    let r = h
+        .call(
+            Some(ta),
+            Method::POST,
+            &format!("/v1/jobs/{}/complete", a.id),
+            Some(json!({"epoch": a.epoch})),
+        )
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "stale_epoch");
+}
+
+#[tokio::test]
+async fn workers_leave_or_die_and_their_runs_come_back() {
+    let h = fleet_harness().await;
+    // Deregistering releases the runs at once.
+    let w = h
+        .register(json!({"name": "w", "kinds": ["agent"], "slots": 1}))
+        .await;
+    h.call(
+        Some(ADMIN),
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "agent"})),
+    )
+    .await;
+    let (run, _) = h.worker_claim(&w).await.remove(0);
+    let r = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            &format!("/v1/workers/{w}/deregister"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["released"], json!([run.id]));
+    let job = h.store.get_job(run.id).await.unwrap();
+    assert_eq!(
+        job.failure_reason,
+        Some(reeve_core::FailureReason::WorkerShutdown)
+    );
+    assert_eq!(job.state, reeve_core::JobState::Retryable);
+    let gone = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            &format!("/v1/workers/{w}/claim"),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&gone, StatusCode::NOT_FOUND, "not_found");
+
+    // A heartbeating worker that dies right after its claim is reaped after
+    // heartbeat_timeout, counted from the claim.
+    let hb = h
+        .register(json!({"name": "hb", "kinds": ["agent"], "slots": 1}))
+        .await;
+    h.store.advance_clock(std::time::Duration::from_secs(3600));
+    h.store.promote_due(10).await.unwrap();
+    let (run, _) = h.worker_claim(&hb).await.remove(0);
+    h.store.advance_clock(std::time::Duration::from_secs(60));
+    assert!(
+        h.store.reap_expired(10).await.unwrap().is_empty(),
+        "not before its timeout"
+    );
+    h.store.advance_clock(std::time::Duration::from_secs(31));
+    let reaped = h.store.reap_expired(10).await.unwrap();
+    assert_eq!(
+        reaped.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![run.id]
+    );
+    assert_eq!(
+        reaped[0].failure_reason,
+        Some(reeve_core::FailureReason::HeartbeatLost)
+    );
+
+    // A worker that does not heartbeat is bounded by max_run_duration only.
+    let quiet = h
+        .register(json!({"name": "q", "kinds": ["agent"], "slots": 1, "heartbeats": false}))
+        .await;
+    h.call(
+        Some(ADMIN),
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "agent", "max_run_duration": "10m"})),
+    )
+    .await;
+    let (run, _) = h
+        .worker_claim(&quiet)
+        .await
+        .into_iter()
+        .find(|(j, _)| j.max_run_duration.as_secs() == 600)
+        .expect("the 10m job");
+    h.store
+        .advance_clock(std::time::Duration::from_secs(5 * 60));
+    assert!(
+        h.store
+            .reap_expired(10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.id != run.id),
+        "silence is not death for it"
+    );
+    h.store
+        .advance_clock(std::time::Duration::from_secs(5 * 60 + 1));
+    let reaped = h.store.reap_expired(10).await.unwrap();
+    let it = reaped
+        .iter()
+        .find(|j| j.id == run.id)
+        .expect("reaped at its hard cap");
+    assert_eq!(it.failure_reason, Some(reeve_core::FailureReason::Timeout));
+}

@@ -64,6 +64,8 @@ pub struct EngineConfig {
     pub pressure_delay: Duration,
     /// …but never more than this past its nominal time.
     pub pressure_max_defer: Duration,
+    /// Extra environment for each run (the daemon sets the job token).
+    pub run_env: Option<RunEnv>,
     /// Firing ledger rows older than this are pruned.
     pub firing_retention: Duration,
 }
@@ -87,6 +89,7 @@ impl EngineConfig {
             maintenance: true,
             pressure_delay: DEFAULT_PRESSURE_DELAY,
             pressure_max_defer: DEFAULT_PRESSURE_MAX_DEFER,
+            run_env: None,
             firing_retention: DEFAULT_RETENTION,
         }
     }
@@ -104,6 +107,21 @@ pub struct Run {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Where the run's output goes, readable while it runs.
     pub output: OutputBuffer,
+    /// More environment for the run (`REEVE_JOB_TOKEN`, `REEVE_CHECKPOINT`).
+    pub env: Vec<(String, String)>,
+}
+
+/// Extra environment a daemon gives each of its runs (the job token).
+#[derive(Clone)]
+pub struct RunEnv(pub Arc<EnvOf>);
+
+/// The environment variables a daemon adds for a job's run.
+pub type EnvOf = dyn Fn(&Job) -> Vec<(String, String)> + Send + Sync;
+
+impl std::fmt::Debug for RunEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunEnv(..)")
+    }
 }
 
 /// Something that can execute jobs of some kinds inside the daemon.

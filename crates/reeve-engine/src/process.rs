@@ -55,7 +55,7 @@ impl ProcessHandler {
         self.templates.keys()
     }
 
-    fn spec(&self, run: &Run) -> Result<ProcessSpec, String> {
+    fn spec(&self, run: &Run, more_env: Vec<(String, String)>) -> Result<ProcessSpec, String> {
         let job = &run.job;
         let (argv, cwd, extra_env) = match (&job.command, self.templates.get(&job.kind)) {
             (Some(argv), _) => (argv.clone(), None, BTreeMap::new()),
@@ -92,6 +92,7 @@ impl ProcessHandler {
             env.push(("REEVE_MAX_TURNS".into(), max.to_string()));
         }
         env.extend(extra_env);
+        env.extend(more_env);
         Ok(ProcessSpec {
             argv,
             cwd,
@@ -104,7 +105,7 @@ impl ProcessHandler {
 #[async_trait]
 impl Handler for ProcessHandler {
     async fn run(&self, run: Run) -> Outcome {
-        let spec = match self.spec(&run) {
+        let spec = match self.spec(&run, run.env.clone()) {
             Ok(spec) => spec,
             Err(error) => {
                 return Outcome::Failed {

@@ -71,11 +71,48 @@ impl Reported {
             }
             Report::Result(v) => self.result = Some(v),
             Report::Failure { reason, error } => self.failure = Some((reason, error)),
-            // Checkpoints are kept by a later layer; reporting one counts as
-            // progress.
+            // Saved by the caller; a checkpoint counts as progress.
             Report::Checkpoint(_) => self.dirty = true,
         }
     }
+}
+
+/// Saves a reported checkpoint, fenced on the run's epoch; a refusal means
+/// the lease is gone, which the next heartbeat acts on.
+async fn save_checkpoint(inner: &Inner, job: &Job, data: Vec<u8>) {
+    if let Err(e) = inner.store.save_checkpoint(job.id, job.epoch, data).await {
+        tracing::warn!(job = job.id, epoch = job.epoch, error = %e, "checkpoint not saved");
+    }
+}
+
+/// The run's environment: the daemon's extra variables, and the job's
+/// latest checkpoint in a file of its own (`REEVE_CHECKPOINT`).
+async fn run_env(
+    inner: &Inner,
+    job: &Job,
+    dir: Option<&tempfile::TempDir>,
+) -> Vec<(String, String)> {
+    let mut env = inner
+        .config
+        .run_env
+        .as_ref()
+        .map_or(Vec::new(), |f| (f.0)(job));
+    match inner.store.load_checkpoint(job.id).await {
+        Ok(Some(c)) => {
+            if let Some(dir) = dir {
+                let path = dir.path().join("checkpoint");
+                match std::fs::write(&path, &c.data) {
+                    Ok(()) => env.push(("REEVE_CHECKPOINT".into(), path.display().to_string())),
+                    Err(e) => {
+                        tracing::warn!(job = job.id, error = %e, "cannot write the checkpoint file")
+                    }
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(job = job.id, error = %e, "cannot load the checkpoint"),
+    }
+    env
 }
 
 async fn drive(
@@ -85,11 +122,13 @@ async fn drive(
     active: &Arc<Active>,
 ) {
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let dir = tempfile::tempdir().ok();
     let run = Run {
         job: job.clone(),
         stop: active.stop.clone(),
         reports: reports_tx,
         output: active.output.clone(),
+        env: run_env(inner, &job, dir.as_ref()).await,
     };
     let work = handler.run(run);
     tokio::pin!(work);
@@ -100,11 +139,19 @@ async fn drive(
     let outcome = loop {
         tokio::select! {
             outcome = &mut work => break outcome,
-            Some(report) = reports.recv() => reported.apply(report, &job, active),
+            Some(report) = reports.recv() => {
+                if let Report::Checkpoint(data) = &report {
+                    save_checkpoint(inner, &job, data.clone()).await;
+                }
+                reported.apply(report, &job, active);
+            }
             _ = ticker.tick() => heartbeat(inner, &job, active, &mut reported).await,
         }
     };
     while let Ok(report) = reports.try_recv() {
+        if let Report::Checkpoint(data) = &report {
+            save_checkpoint(inner, &job, data.clone()).await;
+        }
         reported.apply(report, &job, active);
     }
     let outcome = match (active.cause(), outcome) {

@@ -30,6 +30,7 @@
 //! - *No credentials in errors.* Connection errors name host, port and
 //!   database, never the URL or the password.
 
+mod fleet;
 mod leader;
 mod listen;
 mod rows;
@@ -44,6 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reeve_core::{Event, Job, JobFilter, JobId, Page, Timestamp};
 use reeve_schedule::ScheduleStatus;
+use reeve_store::fleet::{Checkpoint, Mail, NewMail, NewWorker, WorkerRecord};
 use reeve_store::{
     AuditRecord, ClaimParams, DeferParams, DeferResult, Enqueued, Finish, FireParams, FireResult,
     FiringQuery, FiringRecord, HeartbeatAck, HeartbeatParams, Leadership, Limits, NewAudit,
@@ -72,6 +74,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedule_runs",
         include_str!("../migrations/0003_schedule_runs.sql"),
     ),
+    (4, "fleet", include_str!("../migrations/0004_fleet.sql")),
 ];
 
 /// The database's clock in milliseconds since the epoch, plus the offset
@@ -847,6 +850,46 @@ impl Store for PostgresStore {
 
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
         schedule::list_audit(self, limit).await
+    }
+
+    async fn register_worker(&self, worker: NewWorker) -> Result<WorkerRecord> {
+        fleet::register_worker(self, worker).await
+    }
+
+    async fn touch_worker(&self, id: &str) -> Result<WorkerRecord> {
+        fleet::touch_worker(self, id).await
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<WorkerRecord> {
+        fleet::deregister_worker(self, id).await
+    }
+
+    async fn get_worker(&self, id: &str) -> Result<WorkerRecord> {
+        fleet::get_worker(self, id).await
+    }
+
+    async fn list_workers(&self, limit: u32, keep_gone: Duration) -> Result<Vec<WorkerRecord>> {
+        fleet::list_workers(self, limit, keep_gone).await
+    }
+
+    async fn save_checkpoint(&self, job: JobId, epoch: i64, data: Vec<u8>) -> Result<Checkpoint> {
+        fleet::save_checkpoint(self, job, epoch, data).await
+    }
+
+    async fn load_checkpoint(&self, job: JobId) -> Result<Option<Checkpoint>> {
+        fleet::load_checkpoint(self, job).await
+    }
+
+    async fn send_mail(&self, mail: NewMail) -> Result<Mail> {
+        fleet::send_mail(self, mail).await
+    }
+
+    async fn read_mail(&self, job: JobId, mark_read: bool) -> Result<Vec<Mail>> {
+        fleet::read_mail(self, job, mark_read).await
+    }
+
+    async fn unread_mail(&self, job: JobId) -> Result<u64> {
+        fleet::unread_mail(self, job).await
     }
 }
 

@@ -1063,6 +1063,8 @@ pub(crate) async fn prune(store: &PostgresStore, older_than: Duration, batch: u3
     for sql in [
         "DELETE FROM events WHERE job_id = ANY($1::bigint[])",
         "DELETE FROM run_output WHERE job_id = ANY($1::bigint[])",
+        "DELETE FROM checkpoints WHERE job_id = ANY($1::bigint[])",
+        "DELETE FROM mail WHERE job_id = ANY($1::bigint[])",
         "DELETE FROM jobs WHERE id = ANY($1::bigint[])",
     ] {
         sqlx::query(sql)

@@ -986,6 +986,8 @@ pub(crate) async fn prune(store: &SqliteStore, older_than: Duration, batch: u32)
     for table in [
         "events WHERE job_id",
         "run_output WHERE job_id",
+        "checkpoints WHERE job_id",
+        "mail WHERE job_id",
         "jobs WHERE id",
     ] {
         let sql = format!("DELETE FROM {table} IN ({placeholders})");

@@ -88,7 +88,10 @@ macro_rules! conformance_suite {
             old_ledger_rows_and_audit_are_kept_apart,
             ledger_rows_keep_to_their_own_firing,
             runs_since_and_jobs_by_schedule,
-            finished_stats_count_by_hour_and_reason
+            finished_stats_count_by_hour_and_reason,
+            workers_register_touch_and_deregister,
+            checkpoints_are_fenced_and_survive_retries,
+            mail_is_read_once_and_survives_retries
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -2942,4 +2945,392 @@ pub async fn finished_stats_count_by_hour_and_reason(h: &impl Harness) {
         1,
         "only what finished since"
     );
+}
+
+fn new_worker(name: &str) -> crate::NewWorker {
+    crate::NewWorker {
+        name: name.into(),
+        host: Some("alice-mac.local".into()),
+        kinds: vec!["agent".into()],
+        queues: Vec::new(),
+        labels: vec!["device=alice-mac".into()],
+        slots: 4,
+        heartbeats: true,
+        version: Some("0.1.0".into()),
+    }
+}
+
+pub async fn workers_register_touch_and_deregister(h: &impl Harness) {
+    let s = h.store();
+    let t0 = s.now().await.unwrap();
+    let a = s.register_worker(new_worker("box")).await.unwrap();
+    assert!(
+        a.id.len() == 18
+            && a.id.starts_with("w-")
+            && a.id[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "id {} is w- and 16 hex digits",
+        a.id
+    );
+    assert_eq!(a.worker, new_worker("box"), "stored as registered");
+    assert!(a.registered_at >= t0);
+    assert_eq!(a.last_seen_at, a.registered_at);
+    assert_eq!(a.deregistered_at, None);
+    assert_eq!(s.get_worker(&a.id).await.unwrap(), a);
+
+    h.advance(Duration::from_secs(1));
+    let b = s.register_worker(new_worker("box")).await.unwrap();
+    assert_ne!(b.id, a.id, "a fresh id at every registration");
+    assert!(b.registered_at >= Timestamp(a.registered_at.0 + 1000));
+
+    h.advance(Duration::from_secs(10));
+    let touched = s.touch_worker(&a.id).await.unwrap();
+    assert_eq!(touched.registered_at, a.registered_at);
+    assert!(
+        touched.last_seen_at >= Timestamp(b.registered_at.0 + 10000),
+        "touch moves last_seen_at with the store clock"
+    );
+    assert_eq!(s.get_worker(&a.id).await.unwrap(), touched);
+    let ids = |ws: Vec<crate::WorkerRecord>| ws.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_workers(10, Duration::from_secs(3600)).await.unwrap()),
+        vec![a.id.clone(), b.id.clone()],
+        "latest seen first"
+    );
+    assert_eq!(
+        ids(s.list_workers(1, Duration::from_secs(3600)).await.unwrap()),
+        vec![a.id.clone()],
+        "limit"
+    );
+
+    h.advance(Duration::from_secs(1));
+    let gone = s.deregister_worker(&b.id).await.unwrap();
+    let at = gone.deregistered_at.expect("deregistered");
+    assert!(at >= Timestamp(touched.last_seen_at.0 + 1000));
+    assert_eq!(gone.last_seen_at, b.last_seen_at);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        s.deregister_worker(&b.id).await.unwrap(),
+        gone,
+        "deregistering again changes nothing"
+    );
+    assert_eq!(
+        s.touch_worker(&b.id).await,
+        Err(StoreError::WorkerNotFound(b.id.clone())),
+        "a deregistered worker cannot be touched"
+    );
+    assert_eq!(s.get_worker(&b.id).await.unwrap(), gone, "but is found");
+    assert_eq!(
+        ids(s.list_workers(10, Duration::from_secs(3600)).await.unwrap()),
+        vec![a.id.clone(), b.id.clone()],
+        "and stays listed"
+    );
+
+    h.advance(Duration::from_secs(7200));
+    assert_eq!(
+        ids(s.list_workers(10, Duration::from_secs(3600)).await.unwrap()),
+        vec![a.id.clone()],
+        "gone longer than keep_gone: not listed; live ones are, however long unseen"
+    );
+    assert_eq!(
+        ids(s
+            .list_workers(10, Duration::from_secs(3 * 3600))
+            .await
+            .unwrap()),
+        vec![a.id.clone(), b.id.clone()]
+    );
+    let other = h.connect().await;
+    assert_eq!(
+        other.touch_worker(&a.id).await.unwrap().id,
+        a.id,
+        "another process sees the registration"
+    );
+
+    let unknown = "w-0000000000000000".to_string();
+    assert_eq!(
+        s.get_worker(&unknown).await,
+        Err(StoreError::WorkerNotFound(unknown.clone()))
+    );
+    assert_eq!(
+        s.touch_worker(&unknown).await,
+        Err(StoreError::WorkerNotFound(unknown.clone()))
+    );
+    assert_eq!(
+        s.deregister_worker(&unknown).await,
+        Err(StoreError::WorkerNotFound(unknown.clone()))
+    );
+}
+
+pub async fn checkpoints_are_fenced_and_survive_retries(h: &impl Harness) {
+    let s = h.store();
+    let mut nj = job("agent");
+    nj.max_attempts = 2;
+    let j = enqueue_one(&s, nj).await;
+    let missing = j.id + 1000;
+    assert_eq!(s.load_checkpoint(j.id).await, Ok(None), "none yet");
+    assert_eq!(
+        s.load_checkpoint(missing).await,
+        Err(StoreError::NotFound(missing))
+    );
+    assert_eq!(
+        s.save_checkpoint(missing, 1, b"x".to_vec()).await,
+        Err(StoreError::NotFound(missing))
+    );
+    assert_eq!(
+        s.save_checkpoint(j.id, j.epoch, b"x".to_vec()).await,
+        Err(StoreError::NotRunning {
+            state: JobState::Available
+        }),
+        "not claimed yet"
+    );
+
+    let run = claim_one(&s, "w").await;
+    let first = s
+        .save_checkpoint(run.id, run.epoch, b"step 1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.job_id, first.epoch, first.data.as_slice(), first.size),
+        (run.id, run.epoch, &b"step 1"[..], 6)
+    );
+    assert!(first.saved_at >= run.claimed_at.unwrap());
+    h.advance(Duration::from_secs(1));
+    let second = s
+        .save_checkpoint(run.id, run.epoch, b"step 2, longer".to_vec())
+        .await
+        .unwrap();
+    assert!(second.saved_at >= Timestamp(first.saved_at.0 + 1000));
+    assert_eq!(
+        s.load_checkpoint(run.id).await,
+        Ok(Some(second.clone())),
+        "the latest wins"
+    );
+
+    for stale in [run.epoch - 1, run.epoch + 1] {
+        assert_eq!(
+            s.save_checkpoint(run.id, stale, b"stale".to_vec()).await,
+            Err(StoreError::StaleEpoch {
+                expected: run.epoch,
+                actual: stale
+            })
+        );
+    }
+    assert_eq!(
+        s.load_checkpoint(run.id).await,
+        Ok(Some(second.clone())),
+        "a refusal changes nothing"
+    );
+
+    let after = one(&s, fail(&run, FailureReason::ExitCode)).await.unwrap();
+    assert_eq!(after.state, JobState::Retryable);
+    assert_eq!(
+        s.save_checkpoint(run.id, run.epoch, b"late".to_vec()).await,
+        Err(StoreError::NotRunning {
+            state: JobState::Retryable
+        })
+    );
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(s.promote_due(10).await.unwrap(), 1);
+    let rerun = claim_one(&s, "w2").await;
+    assert_eq!(rerun.epoch, run.epoch + 1);
+    assert_eq!(
+        s.load_checkpoint(rerun.id).await,
+        Ok(Some(second.clone())),
+        "the next attempt reads the checkpoint of the last"
+    );
+    assert_eq!(
+        s.save_checkpoint(rerun.id, run.epoch, b"old run".to_vec())
+            .await,
+        Err(StoreError::StaleEpoch {
+            expected: rerun.epoch,
+            actual: run.epoch
+        }),
+        "the old run is fenced out"
+    );
+    let third = s
+        .save_checkpoint(rerun.id, rerun.epoch, b"step 3".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(third.epoch, rerun.epoch);
+    one(&s, succeed(&rerun)).await.unwrap();
+    assert_eq!(
+        s.save_checkpoint(rerun.id, rerun.epoch, b"after".to_vec())
+            .await,
+        Err(StoreError::NotRunning {
+            state: JobState::Succeeded
+        }),
+        "a finished run cannot save"
+    );
+    let other = h.connect().await;
+    assert_eq!(
+        other.load_checkpoint(j.id).await,
+        Ok(Some(third)),
+        "kept by the finished job"
+    );
+
+    h.advance(Duration::from_secs(7200));
+    assert_eq!(s.prune(Duration::from_secs(3600), 100).await.unwrap(), 1);
+    assert_eq!(
+        s.load_checkpoint(j.id).await,
+        Err(StoreError::NotFound(j.id)),
+        "gone with the job"
+    );
+}
+
+fn mail_to(job: reeve_core::JobId, subject: &str) -> crate::NewMail {
+    crate::NewMail {
+        job_id: job,
+        sender: "operator:alice".into(),
+        subject: subject.into(),
+        body: format!("about {subject}"),
+    }
+}
+
+pub async fn mail_is_read_once_and_survives_retries(h: &impl Harness) {
+    let s = h.store();
+    let mut nj = job("agent");
+    nj.max_attempts = 2;
+    let j = enqueue_one(&s, nj).await;
+    let missing = j.id + 1000;
+    assert_eq!(
+        s.send_mail(mail_to(missing, "hello")).await,
+        Err(StoreError::NotFound(missing))
+    );
+    assert_eq!(
+        s.read_mail(missing, false).await,
+        Err(StoreError::NotFound(missing))
+    );
+    assert_eq!(
+        s.unread_mail(missing).await,
+        Err(StoreError::NotFound(missing))
+    );
+    assert_eq!(s.unread_mail(j.id).await, Ok(0));
+    assert_eq!(s.read_mail(j.id, true).await, Ok(Vec::new()));
+
+    let t0 = s.now().await.unwrap();
+    let m1 = s.send_mail(mail_to(j.id, "first")).await.unwrap();
+    assert_eq!(
+        (
+            m1.job_id,
+            m1.sender.as_str(),
+            m1.subject.as_str(),
+            m1.body.as_str(),
+            m1.read_at
+        ),
+        (j.id, "operator:alice", "first", "about first", None)
+    );
+    assert!(m1.at >= t0);
+    h.advance(Duration::from_secs(1));
+    let m2 = s.send_mail(mail_to(j.id, "second")).await.unwrap();
+    assert!(m2.id > m1.id && m2.at > m1.at);
+    assert_eq!(s.unread_mail(j.id).await, Ok(2));
+    assert_eq!(
+        s.read_mail(j.id, false).await,
+        Ok(vec![m1.clone(), m2.clone()]),
+        "oldest first"
+    );
+    assert_eq!(s.unread_mail(j.id).await, Ok(2), "peeking marks nothing");
+
+    let run = claim_one(&s, "w").await;
+    h.advance(Duration::from_secs(1));
+    let t1 = s.now().await.unwrap();
+    assert_eq!(
+        s.read_mail(j.id, true).await,
+        Ok(vec![m1.clone(), m2.clone()]),
+        "returned as they were: unread"
+    );
+    assert_eq!(s.unread_mail(j.id).await, Ok(0));
+    let again = s.read_mail(j.id, true).await.unwrap();
+    assert_eq!(
+        again.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![m1.id, m2.id]
+    );
+    let read_at = again[0].read_at.expect("marked read");
+    assert!(read_at >= t1);
+    assert!(
+        again.iter().all(|m| m.read_at == Some(read_at)),
+        "marked once, together"
+    );
+
+    h.advance(Duration::from_secs(1));
+    let m3 = s.send_mail(mail_to(j.id, "third")).await.unwrap();
+    assert_eq!(s.unread_mail(j.id).await, Ok(1));
+    let after = one(&s, fail(&run, FailureReason::ExitCode)).await.unwrap();
+    assert_eq!(after.state, JobState::Retryable);
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(s.promote_due(10).await.unwrap(), 1);
+    let rerun = claim_one(&s, "w2").await;
+    assert_eq!(rerun.epoch, run.epoch + 1);
+    let other = h.connect().await;
+    assert_eq!(
+        other.unread_mail(j.id).await,
+        Ok(1),
+        "mail survives the retry"
+    );
+    let mail = other.read_mail(j.id, true).await.unwrap();
+    assert_eq!(
+        mail.iter().map(|m| (m.id, m.read_at)).collect::<Vec<_>>(),
+        vec![
+            (m1.id, Some(read_at)),
+            (m2.id, Some(read_at)),
+            (m3.id, None)
+        ],
+        "only the new one is new"
+    );
+    assert_eq!(s.unread_mail(j.id).await, Ok(0));
+
+    one(&s, succeed(&rerun)).await.unwrap();
+    let late = s.send_mail(mail_to(j.id, "late")).await.unwrap();
+    assert_eq!(
+        s.unread_mail(j.id).await,
+        Ok(1),
+        "a finished job keeps mail"
+    );
+    assert_eq!(s.read_mail(j.id, false).await.unwrap().last(), Some(&late));
+
+    h.advance(Duration::from_secs(7200));
+    assert_eq!(s.prune(Duration::from_secs(3600), 100).await.unwrap(), 1);
+    assert_eq!(
+        s.read_mail(j.id, false).await,
+        Err(StoreError::NotFound(j.id)),
+        "gone with the job"
+    );
+    assert_eq!(s.unread_mail(j.id).await, Err(StoreError::NotFound(j.id)));
+    assert_eq!(
+        s.send_mail(mail_to(j.id, "too late")).await,
+        Err(StoreError::NotFound(j.id))
+    );
+
+    // Concurrent marking readers (some as other processes): each message is
+    // returned as unread to exactly one of them.
+    let k = enqueue_one(&s, job("agent")).await;
+    for i in 0..20 {
+        s.send_mail(mail_to(k.id, &format!("m{i}"))).await.unwrap();
+    }
+    let other = h.connect().await;
+    let readers: Vec<_> = (0..6)
+        .map(|i| {
+            let store = if i % 2 == 0 { s.clone() } else { other.clone() };
+            tokio::spawn(async move { store.read_mail(k.id, true).await.unwrap() })
+        })
+        .collect();
+    let mut fresh = Vec::new();
+    for r in readers {
+        let mail = r.await.unwrap();
+        assert_eq!(mail.len(), 20, "every reader sees all of the job's mail");
+        fresh.extend(
+            mail.into_iter()
+                .filter(|m| m.read_at.is_none())
+                .map(|m| m.id),
+        );
+    }
+    fresh.sort_unstable();
+    let all: Vec<i64> = s
+        .read_mail(k.id, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(fresh, all, "each message is new to exactly one reader");
+    assert_eq!(s.unread_mail(k.id).await, Ok(0));
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod fleet;
 pub mod leader;
 pub mod log;
 pub mod operator;
@@ -31,6 +32,7 @@ pub mod schedule;
 pub mod settle;
 pub mod transition;
 
+pub use fleet::{Checkpoint, Mail, NewMail, NewWorker, WorkerRecord};
 pub use leader::{Leadership, SoleLeader};
 pub use operator::{AuditRecord, CapacityFull, NewAudit, Pressure};
 pub use schedule::{
@@ -47,6 +49,9 @@ pub enum StoreError {
     NotFound(JobId),
     #[error("schedule {0} not found")]
     ScheduleNotFound(String),
+    /// No such worker registration, or it was deregistered.
+    #[error("worker {0} not found")]
+    WorkerNotFound(String),
     /// A write carried an epoch that is not the job's current one. `expected`
     /// is the job's current epoch, `actual` the epoch the writer presented.
     #[error("stale epoch: the job is at epoch {expected}, the write carried {actual}")]
@@ -434,6 +439,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` audit records, newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Registers a worker process under a fresh id (`w-` and random hex).
+    async fn register_worker(&self, worker: NewWorker) -> Result<WorkerRecord>;
+
+    /// Marks a registered worker seen at the store's now.
+    /// [`StoreError::WorkerNotFound`] if unknown or deregistered.
+    async fn touch_worker(&self, id: &str) -> Result<WorkerRecord>;
+
+    /// Marks a worker deregistered (it stays listed). Its runs are released
+    /// by the caller (a fenced `worker_shutdown` failure each).
+    async fn deregister_worker(&self, id: &str) -> Result<WorkerRecord>;
+
+    /// [`StoreError::WorkerNotFound`] when there is none (deregistered ones
+    /// are found).
+    async fn get_worker(&self, id: &str) -> Result<WorkerRecord>;
+
+    /// Registrations, latest seen first, at most `limit`; deregistered ones
+    /// only if deregistered within `keep_gone` of now.
+    async fn list_workers(&self, limit: u32, keep_gone: Duration) -> Result<Vec<WorkerRecord>>;
+
+    /// Saves the latest checkpoint of a running job, fenced on `epoch`
+    /// (`StaleEpoch` / `NotRunning` otherwise, nothing changed).
+    async fn save_checkpoint(&self, job: JobId, epoch: i64, data: Vec<u8>) -> Result<Checkpoint>;
+
+    /// The job's latest checkpoint, if any (`NotFound` if no such job).
+    async fn load_checkpoint(&self, job: JobId) -> Result<Option<Checkpoint>>;
+
+    /// Sends a message to a job (`NotFound` if no such job).
+    async fn send_mail(&self, mail: NewMail) -> Result<Mail>;
+
+    /// The job's mail, oldest first; with `mark_read` the unread ones are
+    /// marked read in the same transaction and returned as they were
+    /// (`NotFound` if no such job).
+    async fn read_mail(&self, job: JobId, mark_read: bool) -> Result<Vec<Mail>>;
+
+    /// How many of the job's messages are unread.
+    async fn unread_mail(&self, job: JobId) -> Result<u64>;
 }
 
 /// See [`Store::finished_stats`].

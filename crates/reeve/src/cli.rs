@@ -77,6 +77,18 @@ pub enum Command {
     },
     /// Measure the store: enqueue and processing throughput, idle latency.
     Bench(BenchArgs),
+    /// Run a remote worker: claim jobs of some kinds from a daemon and run
+    /// them here with the process executor.
+    Worker(WorkerArgs),
+    /// Registered workers: the fleet.
+    #[command(subcommand)]
+    Workers(WorkersCommand),
+    /// A job's mailbox: operators send, a run reads its own.
+    #[command(subcommand)]
+    Mail(MailCommand),
+    /// Inside a run: save or load the job's checkpoint.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Apply the database migrations and exit (`serve` also applies them).
     Migrate(ServeArgs),
 }
@@ -219,6 +231,78 @@ pub enum SchedulesCommand {
         #[arg(long, default_value_t = 500)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The daemon's URL.
+    #[arg(long, env = "REEVE_URL", default_value = "http://127.0.0.1:7433")]
+    pub url: String,
+    /// The environment variable holding this worker's token.
+    #[arg(long)]
+    pub token_env: Option<String>,
+    /// The kinds this worker runs (comma separated); each needs a command
+    /// template in `--config`.
+    #[arg(long)]
+    pub kinds: String,
+    /// Concurrent runs.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Claim only from these queues (comma separated).
+    #[arg(long)]
+    pub queues: Option<String>,
+    /// A label for placement, `key=value` (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// A config file whose `[kinds.NAME]` tables give the command templates.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The name shown in the fleet view (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// SIGTERM to a run's process group, then SIGKILL after this.
+    #[arg(long, default_value = "10s")]
+    pub kill_grace: String,
+    /// On SIGTERM, how long running jobs may finish before they are stopped
+    /// and released.
+    #[arg(long, default_value = "30s")]
+    pub drain_grace: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// Registered workers: kinds, slots used / total, last seen, stale ones
+    /// marked.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailCommand {
+    /// Send a message to a job's runs.
+    Send {
+        job: i64,
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        body: String,
+    },
+    /// Inside a run: read this job's mail (`REEVE_JOB_ID`, `REEVE_JOB_TOKEN`).
+    Read {
+        /// Another job's mail (operators; needs the admin token).
+        #[arg(long)]
+        job: Option<i64>,
+        /// Leave unread messages unread.
+        #[arg(long)]
+        peek: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Save FILE (or stdin with `-`) as the run's checkpoint.
+    Save { file: PathBuf },
+    /// Write the job's latest checkpoint to FILE (or stdout without one).
+    Load { file: Option<PathBuf> },
 }
 
 #[derive(Debug, Subcommand)]

@@ -79,7 +79,10 @@ async fn dispatch(api: &Api, json: bool, command: Command) -> Result<(), Fail> {
         Command::Pressure(cmd) => runs::pressure(api, json, cmd).await,
         Command::Audit(cmd) => runs::audit(api, json, cmd).await,
         Command::Forecast { hours } => runs::forecast(api, json, hours).await,
-        Command::Serve(_) | Command::Bench(_) | Command::Migrate(_) => {
+        Command::Workers(cmd) => runs::workers(api, json, cmd).await,
+        Command::Mail(cmd) => runs::mail(api, json, cmd).await,
+        Command::Checkpoint(cmd) => runs::checkpoint(api, json, cmd).await,
+        Command::Serve(_) | Command::Bench(_) | Command::Migrate(_) | Command::Worker(_) => {
             Err(Fail::usage("`serve` and `bench` are not client commands"))
         }
     }
@@ -267,6 +270,58 @@ impl Api {
             })?
         };
         Ok(Answer { created, body })
+    }
+
+    /// The same daemon with another bearer token (a run's job token).
+    fn with_token(&self, token: &str) -> Result<Api, Fail> {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+                Fail::usage("the job token holds characters not allowed in an HTTP header")
+            })?;
+        value.set_sensitive(true);
+        Ok(Api {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            auth: Some(value),
+        })
+    }
+
+    /// A request with a raw body, answering raw bytes (checkpoints): `None`
+    /// for a 404.
+    async fn bytes(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, Fail> {
+        let url = format!("{}{path}{}", self.base, query_string(query));
+        let mut request = self.http.request(method, &url);
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+        }
+        let unreachable = |e: reqwest::Error| {
+            Fail::error(format!(
+                "cannot reach the reeve daemon at {}: {}",
+                self.base,
+                error_chain(&e)
+            ))
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if status.as_u16() == 404 {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(decode_error(status.as_u16(), &bytes));
+        }
+        Ok(Some(bytes.to_vec()))
     }
 
     async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, Fail> {

@@ -38,6 +38,22 @@ pub struct RawConfig {
     pub postgres: crate::database::RawPostgres,
     #[serde(default)]
     pub schedules: RawSchedules,
+    /// Tokens for remote workers, each by reference (`token_env` or
+    /// `token_file`), with the kinds and queues it may claim.
+    #[serde(default)]
+    pub worker_tokens: Vec<RawWorkerToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkerToken {
+    pub name: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub queues: Vec<String>,
 }
 
 /// `[schedules]`: how firings meet pressure and failure streaks (SPEC §8).
@@ -147,6 +163,7 @@ pub struct Config {
     pub pressure_delay: Duration,
     pub pressure_max_defer: Duration,
     pub ledger_retention: Duration,
+    pub worker_tokens: Vec<reeve_api::tokens::WorkerToken>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -251,26 +268,7 @@ impl Config {
             reeve_core::validate::name(&format!("queues.{name}"), name)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let mut kinds = HashMap::new();
-        for (name, kind) in raw.kinds {
-            reeve_core::validate::name(&format!("kinds.{name}"), &name)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if kind.command.is_empty() || kind.command[0].is_empty() {
-                bail!("kinds.{name}.command: must name a program");
-            }
-            if kind.shell && kind.command.len() != 1 {
-                bail!("kinds.{name}.command: with shell = true, give the script as one string");
-            }
-            kinds.insert(
-                name,
-                CommandTemplate {
-                    command: kind.command,
-                    shell: kind.shell,
-                    cwd: kind.cwd,
-                    env: kind.env,
-                },
-            );
-        }
+        let kinds = command_templates(raw.kinds)?;
         let schedule_files = crate::schedule_files::read(&raw.server.schedules)
             .map_err(|e| anyhow::anyhow!("server.schedules: {e}"))?;
         let schedules = reeve_schedule::load_all(&schedule_files)
@@ -278,7 +276,9 @@ impl Config {
             .into_iter()
             .map(|l| l.spec)
             .collect();
+        let worker_tokens = worker_tokens(&raw.worker_tokens, admin_token.as_deref())?;
         Ok(Config {
+            worker_tokens,
             schedules,
             pressure_delay,
             pressure_max_defer,
@@ -321,6 +321,79 @@ fn read(path: &Path) -> anyhow::Result<RawConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Kinds' command templates from `[kinds.NAME]` tables (the daemon's, and
+/// `reeve worker --config`'s).
+pub fn command_templates(
+    raw: BTreeMap<String, RawKind>,
+) -> anyhow::Result<HashMap<String, CommandTemplate>> {
+    let mut kinds = HashMap::new();
+    for (name, kind) in raw {
+        reeve_core::validate::name(&format!("kinds.{name}"), &name)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if kind.command.is_empty() || kind.command[0].is_empty() {
+            bail!("kinds.{name}.command: must name a program");
+        }
+        if kind.shell && kind.command.len() != 1 {
+            bail!("kinds.{name}.command: with shell = true, give the script as one string");
+        }
+        kinds.insert(
+            name,
+            CommandTemplate {
+                command: kind.command,
+                shell: kind.shell,
+                cwd: kind.cwd,
+                env: kind.env,
+            },
+        );
+    }
+    Ok(kinds)
+}
+
+/// Reads a config file's `[kinds]` only (for `reeve worker --config`).
+pub fn kinds_of_file(path: &Path) -> anyhow::Result<HashMap<String, CommandTemplate>> {
+    command_templates(read(path)?.kinds)
+}
+
+/// The worker tokens, each read from its reference; they need an admin
+/// token (auth on), and none may equal it or another.
+fn worker_tokens(
+    raw: &[RawWorkerToken],
+    admin: Option<&str>,
+) -> anyhow::Result<Vec<reeve_api::tokens::WorkerToken>> {
+    let mut out: Vec<reeve_api::tokens::WorkerToken> = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let key = format!("worker_tokens[{i}]");
+        if admin.is_none() {
+            bail!(
+                "{key}: worker tokens need an admin token (server.admin_token_env or server.admin_token_file)"
+            );
+        }
+        reeve_core::validate::name(&format!("{key}.name"), &w.name)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let token = match (&w.token_env, &w.token_file) {
+            (Some(var), None) => std::env::var(var)
+                .with_context(|| format!("{key}.token_env: the variable {var} is not set"))?,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("{key}.token_file: cannot read {}", file.display()))?,
+            _ => bail!("{key}: give exactly one of token_env or token_file"),
+        };
+        let token = token.trim().to_string();
+        if token.len() < 16 {
+            bail!("{key}: the token must be at least 16 characters");
+        }
+        if Some(token.as_str()) == admin || out.iter().any(|o| o.token == token) {
+            bail!("{key}: the token must differ from the admin token and from other worker tokens");
+        }
+        out.push(reeve_api::tokens::WorkerToken {
+            name: w.name.clone(),
+            token,
+            kinds: w.kinds.clone(),
+            queues: w.queues.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// The admin token, by reference only: `REEVE_ADMIN_TOKEN`, the variable

@@ -10,6 +10,7 @@ mod config;
 mod database;
 mod schedule_files;
 mod serve;
+mod worker;
 
 use clap::Parser;
 
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Serve(serve_args) => serve::run(serve_args).await,
             cli::Command::Bench(bench_args) => bench::run(bench_args).await,
             cli::Command::Migrate(serve_args) => serve::migrate(serve_args).await,
+            cli::Command::Worker(worker_args) => worker::run(worker_args).await,
             command => client::run(&args.global, command).await,
         }
     });

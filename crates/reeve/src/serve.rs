@@ -125,7 +125,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     if config.commands {
         handlers = handlers.commands(handler.clone());
     }
+    let api_config = ApiConfig {
+        max_request_bytes: config.max_request_bytes,
+        max_payload_bytes: config.max_payload_bytes,
+        worker_tokens: config.worker_tokens.clone(),
+        ..ApiConfig::with_admin_token(config.admin_token.clone())
+    };
+    let job_tokens = api_config.job_tokens.clone();
     let mut engine_config = EngineConfig::new(worker_id());
+    // Each run gets its job token: its own job and epoch, nothing else.
+    engine_config.run_env = Some(reeve_engine::RunEnv(Arc::new(
+        move |job: &reeve_core::Job| {
+            vec![(
+                "REEVE_JOB_TOKEN".to_string(),
+                job_tokens.issue(job.id, job.epoch),
+            )]
+        },
+    )));
     engine_config.slots = config.slots;
     engine_config.retention = config.retention;
     engine_config.pressure_delay = config.pressure_delay;
@@ -137,11 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let state = AppState {
         store: store.clone(),
         runtime: Arc::new(EngineRuntime(engine.clone())),
-        config: Arc::new(ApiConfig {
-            admin_token: config.admin_token.clone(),
-            max_request_bytes: config.max_request_bytes,
-            max_payload_bytes: config.max_payload_bytes,
-        }),
+        config: Arc::new(api_config),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Api, Fail, emit, encode, items, key_values, pretty, table, text, when};
-use crate::cli::{AuditCommand, PressureCommand};
+use crate::cli::{AuditCommand, CheckpointCommand, MailCommand, PressureCommand, WorkersCommand};
 use reeve_core::Timestamp;
 use reeve_core::time::parse_duration;
 
@@ -356,4 +356,166 @@ pub(super) async fn forecast(api: &Api, json: bool, hours: u32) -> Result<(), Fa
         }
     }
     emit(&out)
+}
+
+/// Inside a run: its job and its job token (`REEVE_JOB_ID`,
+/// `REEVE_JOB_TOKEN`), and the daemon as that run.
+fn this_run(api: &Api) -> Result<(i64, Api), Fail> {
+    let id = std::env::var("REEVE_JOB_ID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Fail::usage("REEVE_JOB_ID is not set: run this inside a job, or give --job")
+        })?;
+    let token = std::env::var("REEVE_JOB_TOKEN")
+        .map_err(|_| Fail::usage("REEVE_JOB_TOKEN is not set: run this inside a job"))?;
+    Ok((id, api.with_token(&token)?))
+}
+
+pub(super) async fn workers(api: &Api, json: bool, command: WorkersCommand) -> Result<(), Fail> {
+    let WorkersCommand::List = command;
+    let answer = api.get("/v1/workers", &[]).await?;
+    if json {
+        return emit(&pretty(&answer));
+    }
+    let now = Timestamp::now();
+    let rows: Vec<Vec<String>> = items(&answer["workers"])
+        .iter()
+        .map(|w| {
+            let status = if !w["deregistered_at"].is_null() {
+                "gone"
+            } else if w["stale"].as_bool() == Some(true) {
+                "STALE"
+            } else {
+                "active"
+            };
+            vec![
+                text(&w["name"]),
+                text(&w["id"]),
+                text(&w["host"]),
+                items(&w["kinds"])
+                    .iter()
+                    .map(text)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!("{} / {}", text(&w["running"]), text(&w["slots"])),
+                when(&w["last_seen_at"], now),
+                text(&w["version"]),
+                status.to_string(),
+            ]
+        })
+        .collect();
+    emit(&table(
+        &[
+            "NAME",
+            "ID",
+            "HOST",
+            "KINDS",
+            "SLOTS",
+            "LAST SEEN",
+            "VERSION",
+            "STATUS",
+        ],
+        &rows,
+    ))
+}
+
+pub(super) async fn mail(api: &Api, json: bool, command: MailCommand) -> Result<(), Fail> {
+    match command {
+        MailCommand::Send { job, subject, body } => {
+            let answer = api
+                .write(
+                    Method::POST,
+                    &format!("/v1/jobs/{job}/mail"),
+                    Some(&json!({ "subject": subject, "body": body, "by": whoami() })),
+                )
+                .await?;
+            if json {
+                return emit(&pretty(&answer));
+            }
+            emit(&format!(
+                "sent message {} to job {job}\n",
+                text(&answer["id"])
+            ))
+        }
+        MailCommand::Read { job, peek } => {
+            let (id, as_run) = match job {
+                Some(id) => (id, None),
+                None => {
+                    let (id, run) = this_run(api)?;
+                    (id, Some(run))
+                }
+            };
+            let query = [("peek", peek.to_string())];
+            let answer = as_run
+                .as_ref()
+                .unwrap_or(api)
+                .get(&format!("/v1/jobs/{id}/mail"), &query)
+                .await?;
+            if json {
+                return emit(&pretty(&answer));
+            }
+            let mut out = String::new();
+            for m in items(&answer["mail"]) {
+                let new = if m["read_at"].is_null() { "new " } else { "" };
+                out.push_str(&format!(
+                    "{new}#{} from {} at {}: {}\n{}\n\n",
+                    text(&m["id"]),
+                    text(&m["sender"]),
+                    text(&m["at"]),
+                    text(&m["subject"]),
+                    text(&m["body"])
+                ));
+            }
+            if out.is_empty() {
+                out.push_str("no mail\n");
+            }
+            emit(&out)
+        }
+    }
+}
+
+pub(super) async fn checkpoint(
+    api: &Api,
+    json: bool,
+    command: CheckpointCommand,
+) -> Result<(), Fail> {
+    let (id, run) = this_run(api)?;
+    let path = format!("/v1/jobs/{id}/checkpoint");
+    match command {
+        CheckpointCommand::Save { file } => {
+            let data = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                    .map_err(|e| Fail::error(format!("reading stdin: {e}")))?;
+                buf
+            } else {
+                std::fs::read(&file)
+                    .map_err(|e| Fail::usage(format!("cannot read {}: {e}", file.display())))?
+            };
+            let size = data.len();
+            run.bytes(Method::PUT, &path, &[], Some(data)).await?;
+            if json {
+                return emit(&pretty(&json!({ "job_id": id, "size": size })));
+            }
+            emit(&format!(
+                "saved a checkpoint of {size} bytes for job {id}\n"
+            ))
+        }
+        CheckpointCommand::Load { file } => {
+            let Some(data) = run.bytes(Method::GET, &path, &[], None).await? else {
+                return Err(Fail::error(format!("job {id} has no checkpoint")));
+            };
+            match file {
+                Some(f) => std::fs::write(&f, &data)
+                    .map_err(|e| Fail::error(format!("cannot write {}: {e}", f.display()))),
+                None => {
+                    use std::io::Write as _;
+                    std::io::stdout()
+                        .write_all(&data)
+                        .map_err(|e| Fail::error(format!("writing stdout: {e}")))
+                }
+            }
+        }
+    }
 }

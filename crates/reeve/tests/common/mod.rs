@@ -182,6 +182,21 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// Runs the `reeve` CLI against `url`: (exit code, stdout, stderr).
+/// The CLI with a bearer token (`REEVE_TOKEN`).
+pub fn cli_with_token(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("REEVE_URL", url)
+        .env("REEVE_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)

@@ -1,0 +1,91 @@
+//! The fleet (SPEC §6, §10): remote workers, checkpoints and mail — the
+//! types of the [`Store`](crate::Store) methods that keep them.
+//!
+//! **What this module owns.** [`WorkerRecord`] is one registration of a
+//! worker process: a fresh id at every registration (a reused host name
+//! never makes a new process look like an old one), what it claims (kinds,
+//! queues, labels), its slots, whether it heartbeats, and when it was last
+//! seen. [`Checkpoint`] is the latest opaque state a run saved for its job;
+//! [`Mail`] is a message to a job's runs.
+//!
+//! **Invariants** (kept by every backend, checked by the conformance suite):
+//! - Saving a checkpoint is fenced like every executor write: it applies
+//!   only while the job is `running` with that epoch, else it changes
+//!   nothing and answers `StaleEpoch` / `NotRunning`. A job keeps one
+//!   checkpoint, the latest; it survives retries (the next attempt reads it)
+//!   and goes with the job when the job is pruned.
+//! - Mail belongs to the job, not to a run: it survives retries; reading
+//!   marks what was read, once.
+//! - A deregistered worker stays listed (for the fleet view) but can no
+//!   longer be touched.
+
+use reeve_core::{JobId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Largest checkpoint accepted by default (SPEC: bounded, 1 MiB).
+pub const DEFAULT_MAX_CHECKPOINT_BYTES: usize = 1024 * 1024;
+
+/// A registration request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewWorker {
+    /// The worker's chosen name (often its host name); not an identity.
+    pub name: String,
+    pub host: Option<String>,
+    /// Kinds it runs; empty = any kind.
+    pub kinds: Vec<String>,
+    /// Queues it claims from; empty = every queue.
+    pub queues: Vec<String>,
+    /// Labels for placement (`device=alice-mac`), `key=value`.
+    pub labels: Vec<String>,
+    pub slots: u32,
+    /// Whether it heartbeats its runs (else only `max_run_duration` bounds
+    /// them).
+    pub heartbeats: bool,
+    pub version: Option<String>,
+}
+
+/// A stored registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Fresh at every registration (`w-…`).
+    pub id: String,
+    #[serde(flatten)]
+    pub worker: NewWorker,
+    pub registered_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub deregistered_at: Option<Timestamp>,
+}
+
+/// The latest checkpoint of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub job_id: JobId,
+    /// The epoch of the run that saved it.
+    pub epoch: i64,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+    pub size: usize,
+    pub saved_at: Timestamp,
+}
+
+/// A message to a job's runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    pub id: i64,
+    pub job_id: JobId,
+    pub at: Timestamp,
+    /// `operator:NAME` or `supervisor`.
+    pub sender: String,
+    pub subject: String,
+    pub body: String,
+    pub read_at: Option<Timestamp>,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMail {
+    pub job_id: JobId,
+    pub sender: String,
+    pub subject: String,
+    pub body: String,
+}
