@@ -20,6 +20,18 @@ pub enum LeaseLost {
     NotFound(JobId),
 }
 
+impl LeaseLost {
+    /// The `reason` code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LeaseLost::StaleEpoch { .. } => "stale_epoch",
+            LeaseLost::NotRunning { .. } => "not_running",
+            LeaseLost::LeaseExpired => "lease_expired",
+            LeaseLost::NotFound(_) => "not_found",
+        }
+    }
+}
+
 /// An error answer of the API.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiError {

@@ -196,6 +196,22 @@ impl<S: Send + Sync> FromRequestParts<S> for QueueNameParam {
     }
 }
 
+/// A path's one text parameter (a schedule name, a worker id, a pressure
+/// source), its rejections (bad UTF-8) in the API's JSON error shape.
+#[derive(Debug)]
+pub(crate) struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Path(v) = Path::<String>::from_request_parts(parts, &())
+            .await
+            .map_err(|r| ApiError::input("path", r.body_text()))?;
+        Ok(PathText(v))
+    }
+}
+
 /// For `Option<Option<T>>` fields with `#[serde(default)]`: absent → `None`,
 /// `null` → `Some(None)`, a value → `Some(Some(v))`.
 pub(crate) fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>

@@ -31,6 +31,7 @@ mod admin;
 mod error;
 mod extract;
 mod jobs;
+mod openapi;
 mod runs;
 mod schedules;
 mod session;
@@ -165,6 +166,7 @@ pub fn router_with(state: AppState, pages: Router<AppState>) -> Router {
     let protected = pages
         .route("/metrics", get(admin::metrics))
         .route("/v1/status", get(admin::status))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/jobs", get(jobs::list).post(jobs::enqueue))
         .route("/v1/jobs/batch", post(jobs::enqueue_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use reeve_core::{InputError, Timestamp};
 use reeve_schedule::forecast::{Busy, Caps, ForecastInput, forecast};
@@ -26,7 +26,7 @@ use reeve_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::extract::{ApiJson, ApiQuery, OptionalJson, PathText};
 use crate::{ApiError, AppState};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -154,7 +154,7 @@ async fn fire_manually(
 /// unless forced.
 pub(crate) async fn run(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     OptionalJson(req): OptionalJson<RunRequest>,
 ) -> ApiResult<(StatusCode, Json<RunResponse>)> {
     let actor = actor(req.by.as_deref())?;
@@ -197,7 +197,7 @@ pub(crate) struct ResumeRequest {
 /// only when it succeeds. Without a probe: see `schedules::resume`.
 pub(crate) async fn resume(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     OptionalJson(req): OptionalJson<ResumeRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let actor = actor(req.by.as_deref())?;
@@ -257,7 +257,7 @@ pub(crate) struct HistoryResponse {
 /// `GET /v1/schedules/{name}/history`: the firing ledger, newest first.
 pub(crate) async fn history(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<HistoryResponse>> {
     let limit = q.limit.unwrap_or(50);
@@ -347,7 +347,7 @@ pub(crate) struct MetricsQuery {
 /// the schedule's recent firings.
 pub(crate) async fn metrics(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> ApiResult<Json<MetricsResponse>> {
     let limit = q.limit.unwrap_or(500);
@@ -443,7 +443,7 @@ pub(crate) async fn clear_pressure(
 /// `DELETE /v1/pressure/{source}`.
 pub(crate) async fn clear_pressure_named(
     State(state): State<AppState>,
-    Path(source): Path<String>,
+    PathText(source): PathText,
 ) -> ApiResult<Json<serde_json::Value>> {
     clear(&state, source).await
 }

@@ -10,13 +10,13 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use reeve_core::{InputError, Timestamp};
 use reeve_schedule::{Change, ScheduleSpec, ScheduleStatus, ValidSchedule, diff};
 use reeve_store::{FiringRecord, NextFire, SchedulePut, ScheduleRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, PathText};
 use crate::{ApiError, AppState};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -98,7 +98,7 @@ pub(crate) struct ShowResponse {
 /// `GET /v1/schedules/{name}`: the schedule and its latest ledger rows.
 pub(crate) async fn show(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
 ) -> ApiResult<Json<ShowResponse>> {
     let record = state.store.get_schedule(&name).await?;
     let firings = state.store.firings(&name, 50).await?;
@@ -397,7 +397,7 @@ async fn collision_warnings(
 /// `POST /v1/schedules/{name}/pause`.
 pub(crate) async fn pause(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
 ) -> ApiResult<Json<ScheduleView>> {
     let record = state
         .store
@@ -488,7 +488,7 @@ async fn record_paused_range(
 /// `DELETE /v1/schedules/{name}`: its jobs and ledger rows stay.
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
 ) -> ApiResult<Json<serde_json::Value>> {
     if !state.store.delete_schedule(&name).await? {
         return Err(reeve_store::StoreError::ScheduleNotFound(name).into());

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -22,7 +22,7 @@ use reeve_core::{FailureReason, Job, JobId};
 use reeve_store::{ClaimParams, KindFilter, NewMail, NewWorker, Store, WorkerRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::extract::{ApiJson, ApiQuery, JobIdParam, OptionalJson};
+use crate::extract::{ApiJson, ApiQuery, JobIdParam, OptionalJson, PathText};
 use crate::jobs::{
     CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, beat, complete_run,
     fail_run, own_run,
@@ -172,14 +172,44 @@ pub(crate) struct ClaimedRun {
     checkpoint: bool,
 }
 
+/// A worker token may act for a registration only within its own kinds and
+/// queues (the ones it could have registered), so no token can borrow a
+/// broader registration.
+fn may_act_for(principal: &Principal, worker: &WorkerRecord) -> ApiResult<()> {
+    if let Principal::Worker { kinds, queues, .. } = principal {
+        let outside = |asked: &[String], allowed: &[String]| {
+            !allowed.is_empty() && (asked.is_empty() || asked.iter().any(|a| !allowed.contains(a)))
+        };
+        if outside(&worker.worker.kinds, kinds) || outside(&worker.worker.queues, queues) {
+            return Err(ApiError::Forbidden(format!(
+                "this worker token does not cover worker {}'s kinds and queues",
+                worker.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The registration `id` is, seen now, if the token may act for it.
+async fn acting_worker(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<WorkerRecord> {
+    let worker = state.store.get_worker(id).await?;
+    may_act_for(principal, &worker)?;
+    Ok(state.store.touch_worker(id).await?)
+}
+
 /// `POST /v1/workers/{id}/claim`: up to `limit` jobs of the worker's kinds
 /// and queues, waiting up to `wait_ms` for one to become claimable.
 pub(crate) async fn claim(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
+    PathText(id): PathText,
     OptionalJson(req): OptionalJson<ClaimRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let worker = state.store.touch_worker(&id).await?;
+    let worker = acting_worker(&state, &principal, &id).await?;
     let limit = req.limit.unwrap_or(1);
     if !(1..=MAX_CLAIM).contains(&limit) {
         return Err(ApiError::input(
@@ -264,10 +294,11 @@ pub(crate) struct RunAnswer {
 /// runs is heartbeated (fenced on its epoch).
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
+    PathText(id): PathText,
     ApiJson(req): ApiJson<WorkerHeartbeat>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let worker = state.store.touch_worker(&id).await?;
+    let worker = acting_worker(&state, &principal, &id).await?;
     let mut answers = Vec::with_capacity(req.runs.len());
     for run in req.runs {
         let job = run.job;
@@ -291,7 +322,7 @@ pub(crate) async fn heartbeat(
             Err(ApiError::LeaseLost(lost)) => RunAnswer {
                 job,
                 status: "lease_lost",
-                reason: Some(format!("{lost:?}")),
+                reason: Some(lost.code().to_string()),
                 lease_remaining_ms: None,
                 unread_mail: None,
                 turns: None,
@@ -316,10 +347,11 @@ pub(crate) struct WorkerComplete {
 /// `POST /v1/workers/{id}/complete`: fenced on the run's epoch.
 pub(crate) async fn complete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
+    PathText(id): PathText,
     ApiJson(req): ApiJson<WorkerComplete>,
 ) -> ApiResult<Json<Job>> {
-    state.store.touch_worker(&id).await?;
+    acting_worker(&state, &principal, &id).await?;
     complete_run(&state, req.job, req.done).await.map(Json)
 }
 
@@ -334,10 +366,11 @@ pub(crate) struct WorkerFail {
 /// `POST /v1/workers/{id}/fail`: fenced on the run's epoch.
 pub(crate) async fn fail(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
+    PathText(id): PathText,
     ApiJson(req): ApiJson<WorkerFail>,
 ) -> ApiResult<Json<Job>> {
-    state.store.touch_worker(&id).await?;
+    acting_worker(&state, &principal, &id).await?;
     fail_run(&state, req.job, req.failed).await.map(Json)
 }
 
@@ -345,8 +378,10 @@ pub(crate) async fn fail(
 /// released at once for retry (`worker_shutdown`).
 pub(crate) async fn deregister(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Extension(principal): Extension<Principal>,
+    PathText(id): PathText,
 ) -> ApiResult<Json<serde_json::Value>> {
+    may_act_for(&principal, &state.store.get_worker(&id).await?)?;
     let worker = state.store.deregister_worker(&id).await?;
     let released = release_runs(state.store.as_ref(), &worker.id).await?;
     tracing::info!(target: "reeve::worker", event = "worker_deregistered", worker = %worker.id, released = released.len());
@@ -463,10 +498,27 @@ pub(crate) async fn save_checkpoint(
 
 /// `GET /v1/jobs/{id}/checkpoint`: the latest checkpoint's bytes (404 when
 /// there is none), its epoch in `X-Reeve-Checkpoint-Epoch`.
+/// A job token reads its job's checkpoint and mail only while its epoch is
+/// the job's current one: a run from an earlier attempt is over.
+async fn current_run(state: &AppState, principal: &Principal, id: JobId) -> ApiResult<()> {
+    if let Principal::Job { epoch, .. } = principal {
+        let job = state.store.get_job(id).await?;
+        own_run(principal, id, job.epoch).map_err(|_| {
+            ApiError::Forbidden(format!(
+                "this job token is for epoch {epoch}; job {id} is at epoch {}",
+                job.epoch
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn load_checkpoint(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JobIdParam(id): JobIdParam,
 ) -> ApiResult<Response> {
+    current_run(&state, &principal, id).await?;
     let Some(c) = state.store.load_checkpoint(id).await? else {
         return Err(ApiError::NotFound(format!("job {id} has no checkpoint")));
     };
@@ -536,9 +588,11 @@ pub(crate) struct ReadQuery {
 /// marks them read (unless `peek`).
 pub(crate) async fn read_mail(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JobIdParam(id): JobIdParam,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    current_run(&state, &principal, id).await?;
     let mail = state.store.read_mail(id, !q.peek).await?;
     Ok(Json(serde_json::json!({ "mail": mail })))
 }

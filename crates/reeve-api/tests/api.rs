@@ -1717,3 +1717,185 @@ async fn workers_leave_or_die_and_their_runs_come_back() {
         .expect("reaped at its hard cap");
     assert_eq!(it.failure_reason, Some(reeve_core::FailureReason::Timeout));
 }
+
+#[tokio::test]
+async fn on_success_enqueues_the_follow_up_with_the_completion() {
+    let h = Harness::new().await;
+    let bad = h
+        .post(
+            "/v1/jobs",
+            json!({"kind": "build", "on_success": {"kind": "not a kind"}}),
+        )
+        .await;
+    assert_field(
+        &bad,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "on_success.kind",
+    );
+    let typo = h
+        .post(
+            "/v1/jobs",
+            json!({"kind": "build", "on_success": {"kind": "review", "delay": "5s"}}),
+        )
+        .await;
+    assert_error(&typo, StatusCode::BAD_REQUEST, "invalid_json");
+    assert_eq!(h.total_jobs().await, 0, "nothing enqueued");
+
+    let parent = h
+        .enqueue(json!({
+            "kind": "build",
+            "queue": "ci",
+            "on_success": {"kind": "review", "queue": "reviews", "payload": {"pr": 7}}
+        }))
+        .await;
+    let stored = h.get(&format!("/v1/jobs/{}", parent.id)).await;
+    assert_eq!(
+        stored.json["on_success"]["kind"], "review",
+        "{}",
+        stored.text
+    );
+    let run = h.claim().await;
+    assert_eq!(run.id, parent.id);
+    let answers = h
+        .store
+        .finish(vec![Finish {
+            job: run.id,
+            epoch: run.epoch,
+            outcome: Outcome::Succeeded {
+                result: Some(json!({"artifact": "a.tar"})),
+            },
+            output: None,
+        }])
+        .await
+        .unwrap();
+    assert!(answers[0].is_ok());
+
+    let r = h.get("/v1/jobs?kind=review").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let items = r.json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", r.text);
+    assert_eq!(items[0]["queue"], "reviews");
+    assert_eq!(items[0]["state"], "available");
+    assert_eq!(
+        items[0]["payload"],
+        json!({"parent": parent.id, "result": {"artifact": "a.tar"}, "payload": {"pr": 7}})
+    );
+    assert_eq!(
+        items[0]["unique_key"],
+        json!(format!("followup:{}", parent.id))
+    );
+}
+
+#[tokio::test]
+async fn tokens_cannot_borrow_registrations_or_outlive_their_epoch() {
+    let h = fleet_harness().await;
+    // A registration for kinds beyond the worker token's (made by an admin)
+    // cannot be driven with that worker token.
+    let r = h
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/workers/register",
+            Some(json!({"name": "big", "kinds": ["agent", "other"], "slots": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let big = r.json["worker"]["id"].as_str().unwrap().to_string();
+    h.call(
+        Some(ADMIN),
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "other"})),
+    )
+    .await;
+    for (path, body) in [
+        (format!("/v1/workers/{big}/claim"), Some(json!({}))),
+        (
+            format!("/v1/workers/{big}/heartbeat"),
+            Some(json!({"runs": []})),
+        ),
+        (format!("/v1/workers/{big}/deregister"), None),
+    ] {
+        let r = h.call(Some(WORKER), Method::POST, &path, body).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
+    assert_eq!(
+        h.store.list_jobs(Default::default()).await.unwrap().items[0].state,
+        reeve_core::JobState::Available
+    );
+
+    // A token of an earlier attempt no longer reads the job's mail.
+    let w = h
+        .register(json!({"name": "w", "kinds": ["agent"], "slots": 1}))
+        .await;
+    h.call(
+        Some(ADMIN),
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "agent"})),
+    )
+    .await;
+    let (run, old) = h.worker_claim(&w).await.remove(0);
+    h.store
+        .finish(vec![Finish {
+            job: run.id,
+            epoch: run.epoch,
+            outcome: Outcome::Failed {
+                reason: reeve_core::FailureReason::Error,
+                error: None,
+            },
+            output: None,
+        }])
+        .await
+        .unwrap();
+    h.store.advance_clock(std::time::Duration::from_secs(3600));
+    h.store.promote_due(10).await.unwrap();
+    let (again, new) = h.worker_claim(&w).await.remove(0);
+    assert_eq!(again.id, run.id);
+    h.call(
+        Some(ADMIN),
+        Method::POST,
+        &format!("/v1/jobs/{}/mail", run.id),
+        Some(json!({"subject": "s", "body": "b"})),
+    )
+    .await;
+    let r = h
+        .call(
+            Some(&old),
+            Method::GET,
+            &format!("/v1/jobs/{}/mail", run.id),
+            None,
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
+    let r = h
+        .call(
+            Some(&new),
+            Method::GET,
+            &format!("/v1/jobs/{}/mail", run.id),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // A heartbeat for the old epoch answers lease_lost with a code.
+    let beat = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            &format!("/v1/workers/{w}/heartbeat"),
+            Some(json!({"runs": [{"job": run.id, "epoch": run.epoch}]})),
+        )
+        .await;
+    assert_eq!(
+        beat.json["runs"][0]["status"], "lease_lost",
+        "{}",
+        beat.text
+    );
+    assert_eq!(beat.json["runs"][0]["reason"], "stale_epoch");
+    // A path that is not UTF-8 is a JSON error.
+    let r = h
+        .call(Some(ADMIN), Method::GET, "/v1/schedules/%FF", None)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_input");
+}

@@ -1,4 +1,6 @@
-//! Jobs and the job state machine (SPEC §2).
+//! Jobs and the job state machine (SPEC §2), and the wire shape of an
+//! enqueue with its validation, including a job's follow-up ([`FollowUp`],
+//! SPEC §10).
 //!
 //! [`JobState::can_transition`] is the whole transition table; backends
 //! implement each transition as one atomic statement or transaction, and the
@@ -161,6 +163,9 @@ pub struct Job {
     /// The nominal fire time of that firing.
     #[serde(default)]
     pub nominal_at: Option<Timestamp>,
+    /// The job to enqueue when this one succeeds (SPEC §10).
+    #[serde(default)]
+    pub on_success: Option<FollowUp>,
 }
 
 impl Job {
@@ -171,6 +176,77 @@ impl Job {
             None => reason.retried_by_default(),
         }
     }
+}
+
+/// A job to enqueue when another succeeds (SPEC §10), in the same
+/// transaction as the completion. It runs in the parent's queue unless it
+/// names one, and its payload is `{"parent": ID, "result": R, "payload": P}`:
+/// the parent's id and result, and this follow-up's own payload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUp {
+    #[serde(default)]
+    pub queue: Option<String>,
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+}
+
+impl FollowUp {
+    /// Validates it as a job's own fields are validated; problems name the
+    /// field under `prefix` (e.g. `on_success.` or `jobs[3].on_success.`).
+    pub fn validate(&self, prefix: &str, max_payload_bytes: usize) -> Result<(), InputError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        if let Some(queue) = &self.queue {
+            validate::name(&f("queue"), queue)?;
+        }
+        validate::name(&f("kind"), &self.kind)?;
+        if let Some(payload) = &self.payload {
+            check_payload(&f("payload"), payload, max_payload_bytes)?;
+        }
+        if let Some(priority) = self.priority {
+            check_priority(&f("priority"), priority)?;
+        }
+        if let Some(max_attempts) = self.max_attempts {
+            check_max_attempts(&f("max_attempts"), max_attempts)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_payload(
+    field: &str,
+    payload: &serde_json::Value,
+    max_payload_bytes: usize,
+) -> Result<(), InputError> {
+    let payload_len = serde_json::to_vec(payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if payload_len > max_payload_bytes {
+        return Err(InputError::new(
+            field,
+            format!("is {payload_len} bytes; the limit is {max_payload_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_priority(field: &str, priority: i32) -> Result<(), InputError> {
+    if !(-10_000..=10_000).contains(&priority) {
+        return Err(InputError::new(field, "must be between -10000 and 10000"));
+    }
+    Ok(())
+}
+
+fn check_max_attempts(field: &str, max_attempts: i32) -> Result<(), InputError> {
+    if !(1..=1000).contains(&max_attempts) {
+        return Err(InputError::new(field, "must be between 1 and 1000"));
+    }
+    Ok(())
 }
 
 /// When a new job becomes claimable. Resolved by the store against its own
@@ -203,6 +279,8 @@ pub struct NewJob {
     pub schedule: Option<String>,
     /// The nominal fire time of that firing.
     pub nominal_at: Option<Timestamp>,
+    /// The job to enqueue when this one succeeds (validated).
+    pub on_success: Option<FollowUp>,
 }
 
 impl NewJob {
@@ -224,6 +302,7 @@ impl NewJob {
             retry_on: None,
             schedule: None,
             nominal_at: None,
+            on_success: None,
         }
     }
 }
@@ -260,6 +339,8 @@ pub struct EnqueueRequest {
     pub max_turns: Option<i64>,
     #[serde(default)]
     pub retry_on: Option<Vec<String>>,
+    #[serde(default)]
+    pub on_success: Option<FollowUp>,
 }
 
 impl EnqueueRequest {
@@ -271,29 +352,11 @@ impl EnqueueRequest {
         validate::name(&f("queue"), &queue)?;
         validate::name(&f("kind"), &self.kind)?;
         let payload = self.payload.unwrap_or_else(|| serde_json::json!({}));
-        let payload_len = serde_json::to_vec(&payload)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if payload_len > max_payload_bytes {
-            return Err(InputError::new(
-                f("payload"),
-                format!("is {payload_len} bytes; the limit is {max_payload_bytes}"),
-            ));
-        }
+        check_payload(&f("payload"), &payload, max_payload_bytes)?;
         let priority = self.priority.unwrap_or(0);
-        if !(-10_000..=10_000).contains(&priority) {
-            return Err(InputError::new(
-                f("priority"),
-                "must be between -10000 and 10000",
-            ));
-        }
+        check_priority(&f("priority"), priority)?;
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-        if !(1..=1000).contains(&max_attempts) {
-            return Err(InputError::new(
-                f("max_attempts"),
-                "must be between 1 and 1000",
-            ));
-        }
+        check_max_attempts(&f("max_attempts"), max_attempts)?;
         if let Some(k) = &self.unique_key {
             validate::key(&f("unique_key"), k)?;
         }
@@ -351,6 +414,9 @@ impl EnqueueRequest {
                     .map_err(|m| InputError::new(f("retry_on"), m))
             })
             .transpose()?;
+        if let Some(then) = &self.on_success {
+            then.validate(&f("on_success."), max_payload_bytes)?;
+        }
         Ok(NewJob {
             queue,
             kind: self.kind,
@@ -367,6 +433,7 @@ impl EnqueueRequest {
             retry_on,
             schedule: None,
             nominal_at: None,
+            on_success: self.on_success,
         })
     }
 }
@@ -483,11 +550,91 @@ mod tests {
         let ok = base().validate("", 1024).unwrap();
         assert_eq!(ok.queue, DEFAULT_QUEUE);
         assert_eq!(ok.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(ok.on_success, None);
+    }
+
+    #[test]
+    fn follow_up_validation_names_the_field() {
+        let then = || FollowUp {
+            kind: "review".into(),
+            ..Default::default()
+        };
+        let with = |on_success: FollowUp| EnqueueRequest {
+            kind: "echo".into(),
+            on_success: Some(on_success),
+            ..Default::default()
+        };
+        let bad = |req: EnqueueRequest, prefix: &str| req.validate(prefix, 1024).unwrap_err().field;
+        assert_eq!(
+            bad(
+                with(FollowUp {
+                    kind: "no spaces".into(),
+                    ..then()
+                }),
+                ""
+            ),
+            "on_success.kind"
+        );
+        assert_eq!(
+            bad(
+                with(FollowUp {
+                    queue: Some(String::new()),
+                    ..then()
+                }),
+                "jobs[2]."
+            ),
+            "jobs[2].on_success.queue"
+        );
+        assert_eq!(
+            bad(
+                with(FollowUp {
+                    payload: Some(serde_json::json!("x".repeat(2000))),
+                    ..then()
+                }),
+                ""
+            ),
+            "on_success.payload"
+        );
+        assert_eq!(
+            bad(
+                with(FollowUp {
+                    priority: Some(20_000),
+                    ..then()
+                }),
+                ""
+            ),
+            "on_success.priority"
+        );
+        assert_eq!(
+            bad(
+                with(FollowUp {
+                    max_attempts: Some(0),
+                    ..then()
+                }),
+                ""
+            ),
+            "on_success.max_attempts"
+        );
+        let ok = with(FollowUp {
+            queue: Some("merge".into()),
+            ..then()
+        })
+        .validate("", 1024)
+        .unwrap();
+        assert_eq!(
+            ok.on_success.map(|t| (t.queue, t.kind)),
+            Some((Some("merge".into()), "review".into()))
+        );
     }
 
     #[test]
     fn unknown_enqueue_fields_are_rejected() {
         let err = serde_json::from_str::<EnqueueRequest>(r#"{"kind":"x","prio":3}"#).unwrap_err();
         assert!(err.to_string().contains("prio"), "{err}");
+        let err = serde_json::from_str::<EnqueueRequest>(
+            r#"{"kind":"x","on_success":{"kind":"y","delay":"5s"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("delay"), "{err}");
     }
 }

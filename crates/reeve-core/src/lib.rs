@@ -18,7 +18,7 @@ pub mod validate;
 
 pub use event::{Actor, Event, EventKind};
 pub use failure::FailureReason;
-pub use job::{Job, JobFilter, JobId, JobState, NewJob, Page};
+pub use job::{FollowUp, Job, JobFilter, JobId, JobState, NewJob, Page};
 pub use retry::RetryPolicy;
 pub use time::{Timestamp, parse_duration};
 pub use validate::InputError;

@@ -13,6 +13,8 @@
 //!   with `FOR UPDATE SKIP LOCKED`.
 //! - Decisions are the same as on SQLite: the same events, refusals, backoff
 //!   (`StoreConfig.retry.delay_after`) and cancel grace.
+//! - A completion enqueues the follow-ups of the jobs it made succeed in its
+//!   own transaction (SPEC §10), after it has locked every row of its batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,7 +24,7 @@ use reeve_core::time::duration_millis;
 use reeve_core::{Actor, EventKind, Job, JobId, JobState, NewJob, Timestamp};
 use reeve_store::transition::{
     MAX_ERROR_LEN, PendingEvent, emit_committed, enqueued_event, failure_transition, fence,
-    materialize, pick_claims, reap_message, reap_reason, truncate, with_id,
+    follow_up, materialize, pick_claims, reap_message, reap_reason, truncate, with_id,
 };
 use reeve_store::{
     ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, KindFilter, Limits, Outcome,
@@ -267,12 +269,13 @@ pub(crate) async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Res
     let sql = format!(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
            max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
-           max_turns, created_at, schedule, nominal_at) \
-         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom \
+           max_turns, created_at, schedule, nominal_at, on_success) \
+         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom, os \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
-                     $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[]) \
-           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom) \
+                     $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], \
+                     $18::text[]) \
+           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom, os) \
          {}RETURNING id",
         if unique {
             "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
@@ -329,6 +332,11 @@ pub(crate) async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Res
         .bind(
             jobs.iter()
                 .map(|j| j.nominal_at.map(|t| t.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.on_success.as_ref().map(to_json))
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut **tx)
@@ -764,6 +772,14 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
         freed |= answer.is_ok();
         answers.push(answer);
     }
+    // Follow-ups of the jobs that just succeeded, from the rows already read
+    // (nothing more runs when none names one).
+    let parents: Vec<&Job> = answers
+        .iter()
+        .flatten()
+        .filter(|j| j.state == JobState::Succeeded && j.on_success.is_some())
+        .collect();
+    events.extend(enqueue_follow_ups(store, &mut tx, &parents, now).await?);
     let ended: Vec<Job> = answers
         .iter()
         .flatten()
@@ -775,6 +791,43 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
     commit(tx, store, now, &events, notify).await?;
     crate::schedule::emit_settled(&settled);
     Ok(answers)
+}
+
+/// Enqueues the follow-ups of `parents` (jobs that just succeeded in `tx`)
+/// and returns their `enqueued` events, to be recorded with the commit. A
+/// follow-up whose unique key (`followup:<parent id>`) a live job already
+/// holds is not enqueued again.
+async fn enqueue_follow_ups(
+    store: &PostgresStore,
+    tx: &mut Tx,
+    parents: &[&Job],
+    now: i64,
+) -> Result<Vec<PendingEvent>> {
+    if parents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let jobs: Vec<Job> = parents
+        .iter()
+        .filter_map(|p| follow_up(p))
+        .map(|nj| materialize(&store.config, nj, now))
+        .collect();
+    // Sorted, as in `enqueue`.
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    sqlx::query("INSERT INTO queues (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING")
+        .bind(&queues)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    let mut events = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let (job, created) = enqueue_unique(tx, job).await?;
+        if created {
+            events.push(enqueued_event(&job));
+        }
+    }
+    Ok(events)
 }
 
 pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {

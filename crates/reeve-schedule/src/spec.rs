@@ -242,6 +242,7 @@ impl JobTemplate {
             retry_on: self.retry_on.clone(),
             schedule: Some(schedule.to_string()),
             nominal_at: Some(nominal),
+            on_success: None,
         }
     }
 }
@@ -333,6 +334,7 @@ impl JobSpec {
             command: self.command.clone(),
             max_turns: self.max_turns,
             retry_on: self.retry_on.clone(),
+            on_success: None,
         };
         let job = request.validate("job.", max_payload_bytes)?;
         Ok(JobTemplate {

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0003_schedule_runs.sql"),
     ),
     (4, "fleet", include_str!("../migrations/0004_fleet.sql")),
+    (
+        5,
+        "follow_ups",
+        include_str!("../migrations/0005_follow_ups.sql"),
+    ),
 ];
 
 /// How the backend opens its file.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use reeve_core::{Actor, Event, FailureReason, Job, Timestamp};
+use reeve_core::{Actor, Event, FailureReason, FollowUp, Job, Timestamp};
 use reeve_store::{Result, StoreError};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -12,7 +12,7 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
     unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
-    schedule, nominal_at";
+    schedule, nominal_at, on_success";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -40,6 +40,7 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
     let retry_on: Option<String> = row.get(20);
     let command: Option<String> = row.get(23);
     let idempotency_key: Option<String> = row.get(21);
+    let on_success: Option<String> = row.get(33);
     Ok(Job {
         id,
         queue: row.get(1),
@@ -83,6 +84,9 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
         finished_at: ts(row.get(30)),
         schedule: row.get(31),
         nominal_at: ts(row.get(32)),
+        on_success: on_success
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("on_success", e)))
+            .transpose()?,
     })
 }
 
@@ -136,7 +140,8 @@ pub const JOB_JSON: &str = "json_object('id', id, 'queue', queue, 'kind', kind, 
     'retry_on', json(retry_on), 'idempotency_key', idempotency_key, 'unique_key', unique_key, \
     'command', json(command), 'max_turns', max_turns, 'turns', turns, 'progress', progress, \
     'result', json(result), 'cancel_requested_at', cancel_requested_at, 'created_at', created_at, \
-    'finished_at', finished_at, 'schedule', schedule, 'nominal_at', nominal_at)";
+    'finished_at', finished_at, 'schedule', schedule, 'nominal_at', nominal_at, \
+    'on_success', json(on_success))";
 
 /// The shape of [`JOB_JSON`].
 #[derive(serde::Deserialize)]
@@ -174,6 +179,7 @@ struct JobJson {
     finished_at: Option<i64>,
     schedule: Option<String>,
     nominal_at: Option<i64>,
+    on_success: Option<FollowUp>,
 }
 
 /// Parses a `json_group_array` of [`JOB_JSON`] objects.
@@ -221,6 +227,7 @@ pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
                 finished_at: ts(r.finished_at),
                 schedule: r.schedule,
                 nominal_at: ts(r.nominal_at),
+                on_success: r.on_success,
             })
         })
         .collect()

@@ -1,7 +1,8 @@
 //! Every mutation of the SQLite backend. Each public function here is one
 //! `BEGIN IMMEDIATE` transaction (or one statement), appends the events of
 //! the transitions it made in that same transaction, and prints their log
-//! lines only after the commit.
+//! lines only after the commit. A completion enqueues the follow-ups of the
+//! jobs it made succeed in its own transaction (SPEC §10).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use reeve_core::time::duration_millis;
 use reeve_core::{Actor, EventKind, FailureReason, Job, JobId, JobState, NewJob, Timestamp};
 use reeve_store::transition::{
     MAX_ERROR_LEN, PendingEvent, emit_committed, enqueued_event, failure_event, failure_transition,
-    fence, materialize, pick_claims, reap_message, reap_reason, truncate, with_id,
+    fence, follow_up, materialize, pick_claims, reap_message, reap_reason, truncate, with_id,
 };
 use reeve_store::{
     ClaimParams, Enqueued, Finish, HeartbeatAck, HeartbeatParams, KindFilter, Outcome, Result,
@@ -25,7 +26,7 @@ use crate::rows::{
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const CHUNK: usize = 500;
-/// Jobs per multi-row insert (17 parameters each).
+/// Jobs per multi-row insert (18 parameters each).
 const INSERT_CHUNK: usize = 1000;
 
 pub(crate) async fn insert_events(
@@ -217,13 +218,13 @@ pub(crate) async fn insert_jobs(
     let mut sql = String::from(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
          max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
-         max_turns, created_at, schedule, nominal_at) VALUES ",
+         max_turns, created_at, schedule, nominal_at, on_success) VALUES ",
     );
     for i in 0..jobs.len() {
         sql.push_str(if i == 0 {
-            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         } else {
-            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         });
     }
     let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -245,7 +246,8 @@ pub(crate) async fn insert_jobs(
             .bind(j.max_turns)
             .bind(j.created_at.0)
             .bind(j.schedule.as_deref())
-            .bind(j.nominal_at.map(|t| t.0));
+            .bind(j.nominal_at.map(|t| t.0))
+            .bind(j.on_success.as_ref().map(to_json));
     }
     let done = q.execute(&mut **tx).await.map_err(db_error)?;
     // One statement under the write lock allocates consecutive ids in row
@@ -615,6 +617,15 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
         }
     }
     insert_events(&mut tx, now, &events).await?;
+    // Follow-ups of the jobs that just succeeded, from the rows already read
+    // (nothing more runs when none names one).
+    let parents: Vec<&Job> = answers
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|j| j.state == JobState::Succeeded && j.on_success.is_some())
+        .collect();
+    let followed = enqueue_follow_ups(store, &mut tx, &parents, now).await?;
     let ended: Vec<Job> = answers
         .iter()
         .flatten()
@@ -625,6 +636,7 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
     let settled = crate::schedule::settle_jobs(store, &mut tx, &ended, now).await?;
     let changed = !events.is_empty() || !completed.is_empty();
     events.extend(copied);
+    events.extend(followed);
     commit(tx, now, &events).await?;
     emit_settled(&settled);
     if changed {
@@ -635,6 +647,60 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
         .into_iter()
         .map(|a| a.expect("every write-back answered"))
         .collect())
+}
+
+/// Enqueues the follow-ups of `parents` (jobs that just succeeded in `tx`)
+/// with their `enqueued` events, and returns those events. A follow-up whose
+/// unique key (`followup:<parent id>`) a live job already holds is not
+/// enqueued again.
+async fn enqueue_follow_ups(
+    store: &SqliteStore,
+    tx: &mut Transaction<'static, Sqlite>,
+    parents: &[&Job],
+    now: i64,
+) -> Result<Vec<PendingEvent>> {
+    if parents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut jobs: Vec<Job> = parents
+        .iter()
+        .filter_map(|p| follow_up(p))
+        .map(|nj| materialize(&store.config, nj, now))
+        .collect();
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        sqlx::query("INSERT OR IGNORE INTO queues (name) VALUES (?)")
+            .bind(q)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    }
+    let mut held: Vec<String> = Vec::new();
+    for chunk in jobs.chunks(CHUNK) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "SELECT unique_key FROM jobs WHERE unique_key IN ({placeholders}) \
+             AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+        );
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+        for j in chunk {
+            q = q.bind(j.unique_key.as_deref());
+        }
+        held.extend(q.fetch_all(&mut **tx).await.map_err(db_error)?);
+    }
+    jobs.retain(|j| !j.unique_key.as_ref().is_some_and(|k| held.contains(k)));
+    let mut events = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(INSERT_CHUNK) {
+        let rows: Vec<&Job> = chunk.iter().collect();
+        let ids = insert_jobs(tx, &rows).await?;
+        for (job, id) in chunk.iter().zip(ids) {
+            events.push(enqueued_event(&with_id(job.clone(), id)));
+        }
+    }
+    insert_events(tx, now, &events).await?;
+    Ok(events)
 }
 
 /// One fenced completion; `Ok(Err(refusal))` when it does not apply.

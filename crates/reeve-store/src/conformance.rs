@@ -91,7 +91,12 @@ macro_rules! conformance_suite {
             finished_stats_count_by_hour_and_reason,
             workers_register_touch_and_deregister,
             checkpoints_are_fenced_and_survive_retries,
-            mail_is_read_once_and_survives_retries
+            mail_is_read_once_and_survives_retries,
+            a_success_enqueues_its_follow_up,
+            failures_and_cancels_enqueue_no_follow_up,
+            a_refused_completion_enqueues_no_follow_up,
+            a_batch_of_successes_enqueues_one_follow_up_each,
+            a_retried_job_enqueues_its_follow_up_once
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -3333,4 +3338,320 @@ pub async fn mail_is_read_once_and_survives_retries(h: &impl Harness) {
         .collect();
     assert_eq!(fresh, all, "each message is new to exactly one reader");
     assert_eq!(s.unread_mail(k.id).await, Ok(0));
+}
+
+// ---- Follow-up jobs (SPEC §10): enqueued with the success, never lost,
+// never doubled.
+
+fn then(kind: &str) -> reeve_core::FollowUp {
+    reeve_core::FollowUp {
+        kind: kind.into(),
+        ..Default::default()
+    }
+}
+
+fn with_follow_up(kind: &str, on_success: reeve_core::FollowUp) -> NewJob {
+    let mut nj = job(kind);
+    nj.on_success = Some(on_success);
+    nj
+}
+
+fn succeed_with(job: &Job, result: serde_json::Value) -> Finish {
+    Finish {
+        outcome: Outcome::Succeeded {
+            result: Some(result),
+        },
+        ..succeed(job)
+    }
+}
+
+/// Every job of `kind`, oldest first.
+async fn kind_jobs(s: &Arc<dyn Store>, kind: &str) -> Vec<Job> {
+    let mut jobs = s
+        .list_jobs(JobFilter {
+            kind: Some(kind.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .items;
+    jobs.reverse();
+    jobs
+}
+
+pub async fn a_success_enqueues_its_follow_up(h: &impl Harness) {
+    let s = h.store();
+    let mut nj = with_follow_up(
+        "build",
+        reeve_core::FollowUp {
+            payload: Some(serde_json::json!({"branch": "main"})),
+            ..then("review")
+        },
+    );
+    nj.queue = "ci".into();
+    let parent = enqueue_one(&s, nj).await;
+    assert_eq!(
+        parent.on_success,
+        Some(reeve_core::FollowUp {
+            payload: Some(serde_json::json!({"branch": "main"})),
+            ..then("review")
+        })
+    );
+    assert_eq!(
+        s.get_job(parent.id).await.unwrap(),
+        parent,
+        "stored as given"
+    );
+    assert!(
+        kind_jobs(&s, "review").await.is_empty(),
+        "not before the success"
+    );
+
+    let run = claim_one(&s, "w").await;
+    assert_eq!(run.on_success, parent.on_success, "the claim reads it back");
+    let done = one(&s, succeed_with(&run, serde_json::json!({"sha": "abc"})))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let follow = kind_jobs(&s, "review").await;
+    assert_eq!(follow.len(), 1, "exactly one follow-up");
+    let f = &follow[0];
+    assert_eq!(f.queue, "ci", "the parent's queue");
+    assert_eq!(f.state, JobState::Available);
+    assert_eq!(
+        f.payload,
+        serde_json::json!({"parent": parent.id, "result": {"sha": "abc"}, "payload": {"branch": "main"}})
+    );
+    assert_eq!(
+        f.unique_key.as_deref(),
+        Some(&*format!("followup:{}", parent.id))
+    );
+    assert_eq!(f.idempotency_key, f.id.to_string(), "derived as usual");
+    assert_eq!((f.priority, f.max_attempts), (0, 3), "defaults");
+    assert_eq!(f.on_success, None);
+    let events = s.job_events(f.id).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.event).collect::<Vec<_>>(),
+        vec![EventKind::Enqueued]
+    );
+
+    // A follow-up naming its own queue (one nobody has used yet), priority
+    // and attempts; the parent's absent result is null.
+    let nj = with_follow_up(
+        "build",
+        reeve_core::FollowUp {
+            queue: Some("merge".into()),
+            priority: Some(-5),
+            max_attempts: Some(1),
+            ..then("merge")
+        },
+    );
+    let parent = enqueue_one(&s, nj).await;
+    let run = s.claim(claim_from("default")).await.unwrap().remove(0);
+    assert_eq!(run.id, parent.id);
+    one(&s, succeed(&run)).await.unwrap();
+    let follow = kind_jobs(&s, "merge").await;
+    assert_eq!(follow.len(), 1);
+    let f = &follow[0];
+    assert_eq!(
+        (f.queue.as_str(), f.priority, f.max_attempts),
+        ("merge", -5, 1)
+    );
+    assert_eq!(
+        f.payload,
+        serde_json::json!({"parent": parent.id, "result": null, "payload": null})
+    );
+    let claimed = s.claim(claim_from("merge")).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![f.id],
+        "its queue is a queue like any other"
+    );
+    one(&s, succeed(&claimed[0])).await.unwrap();
+    assert_eq!(
+        kind_jobs(&s, "merge").await.len(),
+        1,
+        "a follow-up without on_success enqueues nothing"
+    );
+}
+
+pub async fn failures_and_cancels_enqueue_no_follow_up(h: &impl Harness) {
+    let s = h.store();
+    // Retryable, then failed for good.
+    let mut nj = with_follow_up("build", then("review"));
+    nj.max_attempts = 2;
+    nj.heartbeat_timeout = Some(Duration::from_secs(30));
+    let a = enqueue_one(&s, nj).await;
+    let run = claim_one(&s, "w").await;
+    let after = one(&s, fail(&run, FailureReason::Error)).await.unwrap();
+    assert_eq!(after.state, JobState::Retryable);
+    h.advance(Duration::from_secs(3600));
+    s.promote_due(10).await.unwrap();
+    let run = claim_one(&s, "w").await;
+    let after = one(&s, fail(&run, FailureReason::Error)).await.unwrap();
+    assert_eq!(after.state, JobState::Failed);
+
+    // Reaped.
+    let mut nj = with_follow_up("build", then("review"));
+    nj.heartbeat_timeout = Some(Duration::from_secs(30));
+    nj.max_attempts = 1;
+    let b = enqueue_one(&s, nj).await;
+    claim_one(&s, "w").await;
+    h.advance(Duration::from_secs(31));
+    let reaped = s.reap_expired(100).await.unwrap();
+    assert_eq!(reaped.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b.id]);
+    assert_eq!(reaped[0].state, JobState::Failed);
+
+    // Cancelled while waiting, and while running (then the run's failure
+    // write-back ends it as cancelled).
+    let c = enqueue_one(&s, with_follow_up("build", then("review"))).await;
+    assert_eq!(s.cancel(c.id).await.unwrap().state, JobState::Cancelled);
+    let d = enqueue_one(&s, with_follow_up("build", then("review"))).await;
+    let run = claim_one(&s, "w").await;
+    assert_eq!(run.id, d.id);
+    s.cancel(d.id).await.unwrap();
+    let after = one(&s, fail(&run, FailureReason::Cancelled)).await.unwrap();
+    assert_eq!(after.state, JobState::Cancelled);
+
+    assert!(
+        kind_jobs(&s, "review").await.is_empty(),
+        "no follow-up of {:?}",
+        [a.id, b.id, c.id, d.id]
+    );
+}
+
+pub async fn a_refused_completion_enqueues_no_follow_up(h: &impl Harness) {
+    let s = h.store();
+    let mut nj = with_follow_up("build", then("review"));
+    nj.heartbeat_timeout = Some(Duration::from_secs(30));
+    let parent = enqueue_one(&s, nj).await;
+    let stale = claim_one(&s, "w1").await;
+    h.advance(Duration::from_secs(31));
+    assert_eq!(s.reap_expired(100).await.unwrap().len(), 1);
+    h.advance(Duration::from_secs(3600));
+    s.promote_due(10).await.unwrap();
+    let current = claim_one(&s, "w2").await;
+    assert_eq!(current.epoch, stale.epoch + 1);
+
+    assert!(matches!(
+        one(&s, succeed(&stale)).await,
+        Err(StoreError::StaleEpoch { .. })
+    ));
+    assert!(
+        kind_jobs(&s, "review").await.is_empty(),
+        "a refused completion enqueues nothing"
+    );
+
+    one(&s, succeed(&current)).await.unwrap();
+    assert_eq!(kind_jobs(&s, "review").await.len(), 1);
+    // The completion replayed (alone, and in a batch): refused, not doubled.
+    assert!(matches!(
+        one(&s, succeed(&current)).await,
+        Err(StoreError::NotRunning { .. })
+    ));
+    let answers = s
+        .finish(vec![succeed(&current), succeed(&stale)])
+        .await
+        .unwrap();
+    assert!(answers.iter().all(Result::is_err));
+    let follow = kind_jobs(&s, "review").await;
+    assert_eq!(follow.len(), 1, "never doubled");
+    assert_eq!(follow[0].payload["parent"], serde_json::json!(parent.id));
+}
+
+pub async fn a_batch_of_successes_enqueues_one_follow_up_each(h: &impl Harness) {
+    let s = h.store();
+    s.update_queue(
+        "merge",
+        QueuePatch {
+            concurrency: Some(Some(1)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut batch = Vec::new();
+    for i in 0..12 {
+        batch.push(if i % 3 == 2 {
+            job("build")
+        } else {
+            with_follow_up(
+                "build",
+                reeve_core::FollowUp {
+                    queue: Some("merge".into()),
+                    ..then("merge")
+                },
+            )
+        });
+    }
+    s.enqueue(batch).await.unwrap();
+    let runs = s.claim(claim("w", 100)).await.unwrap();
+    assert_eq!(runs.len(), 12);
+    // Every success in one batch (the fast path), and one job named twice
+    // (written one by one: the second is refused).
+    let mut finishes: Vec<Finish> = runs
+        .iter()
+        .map(|r| succeed_with(r, serde_json::json!({"n": r.id})))
+        .collect();
+    let twice = runs
+        .iter()
+        .find(|r| r.on_success.is_some())
+        .expect("a parent with a follow-up");
+    finishes.push(succeed(twice));
+    let answers = s.finish(finishes).await.unwrap();
+    assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 12);
+    assert!(answers.last().unwrap().is_err(), "the second completion");
+
+    let follow = kind_jobs(&s, "merge").await;
+    let mut parents: Vec<i64> = follow
+        .iter()
+        .map(|f| f.payload["parent"].as_i64().expect("parent id"))
+        .collect();
+    parents.sort_unstable();
+    let mut expected: Vec<i64> = runs
+        .iter()
+        .filter(|r| r.on_success.is_some())
+        .map(|r| r.id)
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(parents, expected, "one follow-up per parent that names one");
+    for f in &follow {
+        assert_eq!(
+            f.payload["result"],
+            serde_json::json!({"n": f.payload["parent"]})
+        );
+        assert_eq!(f.queue, "merge");
+    }
+    // The follow-ups' queue keeps its cap of one.
+    let first = s.claim(claim("w", 100)).await.unwrap();
+    assert_eq!(first.len(), 1, "concurrency 1");
+    assert!(s.claim(claim("w", 100)).await.unwrap().is_empty());
+    one(&s, succeed(&first[0])).await.unwrap();
+    assert_eq!(s.claim(claim("w", 100)).await.unwrap().len(), 1);
+}
+
+pub async fn a_retried_job_enqueues_its_follow_up_once(h: &impl Harness) {
+    let s = h.store();
+    let mut nj = with_follow_up("build", then("review"));
+    nj.max_attempts = 1;
+    let parent = enqueue_one(&s, nj).await;
+    let run = claim_one(&s, "w").await;
+    let failed = one(&s, fail(&run, FailureReason::Error)).await.unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert!(kind_jobs(&s, "review").await.is_empty());
+
+    let retried = s.retry(parent.id).await.unwrap();
+    assert_eq!(retried.on_success, parent.on_success, "kept by the retry");
+    let again = claim_one(&s, "w").await;
+    assert_eq!(again.id, parent.id);
+    one(&s, succeed_with(&again, serde_json::json!("ok")))
+        .await
+        .unwrap();
+    let follow = kind_jobs(&s, "review").await;
+    assert_eq!(follow.len(), 1, "exactly one");
+    assert_eq!(
+        follow[0].payload,
+        serde_json::json!({"parent": parent.id, "result": "ok", "payload": null})
+    );
 }

@@ -295,7 +295,9 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, params: HeartbeatParams) -> Result<HeartbeatAck>;
 
     /// Ends runs: each element is fenced on its own and answered on its own;
-    /// the batch shares one transaction.
+    /// the batch shares one transaction. A job that succeeds and names an
+    /// `on_success` follow-up has it enqueued in that same transaction
+    /// ([`transition::follow_up`], SPEC §10); failures enqueue nothing.
     async fn finish(&self, batch: Vec<Finish>) -> Result<Vec<Result<Job>>>;
 
     /// Cancels a job. A waiting job is cancelled at once; a running one gets

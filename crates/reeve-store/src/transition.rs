@@ -1,7 +1,8 @@
 //! The backend-neutral half of every transition: what a new job's row is,
-//! whether a write-back is fenced out, where a failed or reaped run goes,
-//! which jobs a claim takes given the room under the caps, and the events a
-//! transition records. Backends do the I/O, one transaction per method, and
+//! what job a success enqueues ([`follow_up`], SPEC §10), whether a
+//! write-back is fenced out, where a failed or reaped run goes, which jobs a
+//! claim takes given the room under the caps, and the events a transition
+//! records. Backends do the I/O, one transaction per method, and
 //! call these so that SQLite and PostgreSQL decide identically.
 
 use std::collections::HashMap;
@@ -131,7 +132,34 @@ pub fn materialize(config: &StoreConfig, nj: NewJob, now: i64) -> Job {
         finished_at: None,
         schedule: nj.schedule,
         nominal_at: nj.nominal_at,
+        on_success: nj.on_success,
     }
+}
+
+/// The job that `parent`'s success enqueues, if it names one (SPEC §10):
+/// in the parent's queue unless the follow-up names its own, with payload
+/// `{"parent": ID, "result": R, "payload": P}` (`null` for an absent result
+/// or payload), and unique key `followup:<parent id>`, so that one parent
+/// never has two live follow-ups.
+pub fn follow_up(parent: &Job) -> Option<NewJob> {
+    let then = parent.on_success.as_ref()?;
+    let mut nj = NewJob::new(
+        then.queue.clone().unwrap_or_else(|| parent.queue.clone()),
+        then.kind.clone(),
+    );
+    nj.payload = serde_json::json!({
+        "parent": parent.id,
+        "result": parent.result,
+        "payload": then.payload,
+    });
+    if let Some(priority) = then.priority {
+        nj.priority = priority;
+    }
+    if let Some(max_attempts) = then.max_attempts {
+        nj.max_attempts = max_attempts;
+    }
+    nj.unique_key = Some(format!("followup:{}", parent.id));
+    Some(nj)
 }
 
 /// The job once inserted as `id` (its idempotency key derives from the id

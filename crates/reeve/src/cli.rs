@@ -139,6 +139,13 @@ pub struct EnqueueArgs {
     /// Stop the run when it reports more turns than this.
     #[arg(long)]
     pub max_turns: Option<i64>,
+    /// Enqueue a job of this kind when this one succeeds (its payload holds
+    /// this job's id and result).
+    #[arg(long, value_name = "KIND")]
+    pub then_kind: Option<String>,
+    /// The follow-up's queue (default: this job's queue).
+    #[arg(long, value_name = "QUEUE", requires = "then_kind")]
+    pub then_queue: Option<String>,
     /// An ad-hoc command to run instead of the kind's template.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -384,4 +391,34 @@ pub struct BenchArgs {
     pub dashboard: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn then_queue_needs_then_kind() {
+        let cli = Cli::try_parse_from([
+            "reeve",
+            "enqueue",
+            "--kind",
+            "build",
+            "--then-kind",
+            "review",
+            "--then-queue",
+            "merge",
+        ])
+        .unwrap();
+        let Command::Enqueue(args) = cli.command else {
+            panic!("not an enqueue");
+        };
+        assert_eq!(
+            (args.then_kind.as_deref(), args.then_queue.as_deref()),
+            (Some("review"), Some("merge"))
+        );
+        assert!(
+            Cli::try_parse_from(["reeve", "enqueue", "--kind", "b", "--then-queue", "m"]).is_err()
+        );
+    }
 }

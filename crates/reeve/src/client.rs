@@ -23,7 +23,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use reeve_core::job::EnqueueRequest;
+use reeve_core::job::{EnqueueRequest, FollowUp};
 use reeve_core::time::format_duration;
 use reeve_core::{JobState, Timestamp};
 use reqwest::Method;
@@ -552,11 +552,19 @@ fn enqueue_body(args: EnqueueArgs) -> Result<Value, Fail> {
         command: (!args.command.is_empty()).then_some(args.command),
         max_turns: args.max_turns,
         retry_on: None,
+        on_success: args.then_kind.map(|kind| FollowUp {
+            queue: args.then_queue,
+            kind,
+            ..Default::default()
+        }),
     };
     let mut body = serde_json::to_value(&request)
         .map_err(|e| Fail::error(format!("cannot encode the job: {e}")))?;
     if let Value::Object(map) = &mut body {
         map.retain(|_, v| !v.is_null());
+        if let Some(Value::Object(then)) = map.get_mut("on_success") {
+            then.retain(|_, v| !v.is_null());
+        }
         // Inserted after the nulls are dropped: `--payload null` is a payload.
         if let Some(payload) = payload {
             map.insert("payload".to_string(), payload);
@@ -1226,6 +1234,8 @@ mod tests {
             delay: None,
             run_at: None,
             max_turns: None,
+            then_kind: None,
+            then_queue: None,
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -1347,6 +1357,26 @@ mod tests {
         let body = enqueue_body(enqueue_args(Some("null"), &[])).unwrap();
         assert_eq!(body["payload"], Value::Null);
         assert!(body.get("payload").is_some());
+        assert!(body.get("on_success").is_none());
+    }
+
+    #[test]
+    fn then_flags_name_the_follow_up() {
+        let args = EnqueueArgs {
+            then_kind: Some("review".into()),
+            ..enqueue_args(None, &[])
+        };
+        let body = enqueue_body(args.clone()).unwrap();
+        assert_eq!(body["on_success"], json!({"kind": "review"}));
+        let body = enqueue_body(EnqueueArgs {
+            then_queue: Some("merge".into()),
+            ..args
+        })
+        .unwrap();
+        assert_eq!(
+            body["on_success"],
+            json!({"kind": "review", "queue": "merge"})
+        );
     }
 
     #[test]

@@ -146,6 +146,8 @@ pub async fn detail(
     let job = store.get_job(id).await?;
     let events = store.job_events(id).await?;
     let now = store.now().await?;
+    let checkpoint = store.load_checkpoint(id).await?;
+    let mail = store.read_mail(id, false).await?;
 
     let mut main = format!(
         "<h1>Job #{} {}</h1><p class=\"sub\">{} in queue {}{}</p>",
@@ -242,6 +244,18 @@ pub async fn detail(
     if let Some(nominal) = job.nominal_at {
         kv.push(("nominal fire time", when(Some(nominal), now)));
     }
+    kv.push((
+        "checkpoint",
+        match &checkpoint {
+            Some(c) => format!(
+                "{} bytes, saved {} by epoch {}",
+                c.size,
+                when(Some(c.saved_at), now),
+                c.epoch
+            ),
+            None => "—".into(),
+        },
+    ));
     let mut dl = String::from("<dl class=\"kv\">");
     for (k, v) in kv {
         let _ = write!(dl, "<dt>{}</dt><dd>{v}</dd>", esc(k));
@@ -284,6 +298,31 @@ pub async fn detail(
             ]
         })
         .collect();
+    let mail_rows: Vec<Vec<String>> = mail
+        .iter()
+        .map(|m| {
+            vec![
+                when(Some(m.at), now),
+                esc(&m.sender),
+                esc(&m.subject),
+                esc(&esc_trunc(&m.body, 300)),
+                if m.read_at.is_some() {
+                    "read".into()
+                } else {
+                    badge("unread")
+                },
+            ]
+        })
+        .collect();
+    main.push_str(&section(
+        "mail",
+        "Mail",
+        &table(
+            &["when", "from", "subject", "body", ""],
+            &mail_rows,
+            "No mail.",
+        ),
+    ));
     main.push_str(&section(
         "timeline",
         "Timeline",

@@ -1,7 +1,8 @@
 //! `/workers`: the executors doing the work — this daemon (slots used /
-//! total, leader, counters) and every other claimer holding runs, with the
-//! age of its newest heartbeat; a claimer silent past its runs' heartbeat
-//! timeout is marked stale.
+//! total, leader, counters), the registered remote workers (host, kinds,
+//! slots used / total, last seen, version; stale and gone ones marked), and
+//! any other claimer holding runs (another daemon), with the age of its
+//! newest heartbeat; one silent past its runs' heartbeat timeout is stale.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,37 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
             c.kinds.push(j.kind.clone());
         }
     }
+    let registered = store
+        .list_workers(200, std::time::Duration::from_secs(3600))
+        .await?;
+    let stale_after = reeve_core::time::duration_millis(reeve_core::job::DEFAULT_HEARTBEAT_TIMEOUT);
+    let remote: Vec<Vec<String>> = registered
+        .iter()
+        .map(|w| {
+            let running = claimers.remove(&w.id).map_or(0, |c| c.runs);
+            let status = if w.deregistered_at.is_some() {
+                badge("gone")
+            } else if w.last_seen_at.millis_until(now) > stale_after {
+                badge("stale")
+            } else {
+                badge("active")
+            };
+            vec![
+                format!(
+                    "{}<div class=\"small\">{}</div>",
+                    esc(&w.worker.name),
+                    esc(&w.id)
+                ),
+                status,
+                esc(w.worker.host.as_deref().unwrap_or("—")),
+                esc(&w.worker.kinds.join(", ")),
+                format!("{running} / {}", w.worker.slots),
+                when(Some(w.last_seen_at), now),
+                esc(&w.worker.labels.join(", ")),
+                esc(w.worker.version.as_deref().unwrap_or("—")),
+            ]
+        })
+        .collect();
     let mine = claimers.remove(&me);
     let mut rows = vec![vec![
         format!("{} <span class=\"small\">(this daemon)</span>", esc(&me)),
@@ -104,6 +136,24 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
             ],
             &rows,
             "",
+        ),
+    ));
+    main.push_str(&section(
+        "remote",
+        "Remote workers",
+        &table(
+            &[
+                "worker",
+                "status",
+                "host",
+                "kinds",
+                "slots used",
+                "last seen",
+                "labels",
+                "version",
+            ],
+            &remote,
+            "No remote worker has registered (run `reeve worker`).",
         ),
     ));
     Ok(Page {
