@@ -86,33 +86,42 @@ async fn save_checkpoint(inner: &Inner, job: &Job, data: Vec<u8>) {
 }
 
 /// The run's environment: the daemon's extra variables, and the job's
-/// latest checkpoint in a file of its own (`REEVE_CHECKPOINT`).
-async fn run_env(
-    inner: &Inner,
-    job: &Job,
-    dir: Option<&tempfile::TempDir>,
-) -> Vec<(String, String)> {
+/// latest checkpoint in a file of its own (`REEVE_CHECKPOINT`), kept alive
+/// by the returned directory. A job at its first epoch has never run, so it
+/// has no checkpoint: its run costs no read and no file.
+async fn run_env(inner: &Inner, job: &Job) -> (Vec<(String, String)>, Option<tempfile::TempDir>) {
     let mut env = inner
         .config
         .run_env
         .as_ref()
         .map_or(Vec::new(), |f| (f.0)(job));
-    match inner.store.load_checkpoint(job.id).await {
-        Ok(Some(c)) => {
-            if let Some(dir) = dir {
-                let path = dir.path().join("checkpoint");
-                match std::fs::write(&path, &c.data) {
-                    Ok(()) => env.push(("REEVE_CHECKPOINT".into(), path.display().to_string())),
-                    Err(e) => {
-                        tracing::warn!(job = job.id, error = %e, "cannot write the checkpoint file")
-                    }
-                }
-            }
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(job = job.id, error = %e, "cannot load the checkpoint"),
+    if job.epoch <= 1 {
+        return (env, None);
     }
-    env
+    let checkpoint = match inner.store.load_checkpoint(job.id).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(job = job.id, error = %e, "cannot load the checkpoint");
+            None
+        }
+    };
+    let Some(c) = checkpoint else {
+        return (env, None);
+    };
+    let written = tempfile::tempdir().and_then(|dir| {
+        let path = dir.path().join("checkpoint");
+        std::fs::write(&path, &c.data).map(|()| (dir, path))
+    });
+    match written {
+        Ok((dir, path)) => {
+            env.push(("REEVE_CHECKPOINT".into(), path.display().to_string()));
+            (env, Some(dir))
+        }
+        Err(e) => {
+            tracing::warn!(job = job.id, error = %e, "cannot write the checkpoint file");
+            (env, None)
+        }
+    }
 }
 
 async fn drive(
@@ -122,13 +131,13 @@ async fn drive(
     active: &Arc<Active>,
 ) {
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
-    let dir = tempfile::tempdir().ok();
+    let (env, _checkpoint_dir) = run_env(inner, &job).await;
     let run = Run {
         job: job.clone(),
         stop: active.stop.clone(),
         reports: reports_tx,
         output: active.output.clone(),
-        env: run_env(inner, &job, dir.as_ref()).await,
+        env,
     };
     let work = handler.run(run);
     tokio::pin!(work);

@@ -667,3 +667,32 @@ async fn pressure_defers_firings_but_never_past_the_bound() {
         "the pressure was active all along"
     );
 }
+
+/// A run that checkpointed and crashed is retried with its checkpoint in
+/// `REEVE_CHECKPOINT`, and resumes from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_process_run_resumes_from_its_checkpoint() {
+    let (_dir, store) = store().await;
+    let engine = process_engine(
+        &store,
+        "resume",
+        r#"if [ -n "$REEVE_CHECKPOINT" ]; then printf '{{"result": {{"resumed": "%s"}}}}\n' "$(cat "$REEVE_CHECKPOINT")" >&3; exit 0; fi; printf '{{"checkpoint": "step-7"}}\n' >&3; sleep 0.2; exit 1"#,
+    );
+    let id = enqueue_one(&store, NewJob::new("default", "resume")).await;
+    wait_state(&store, id, JobState::Retryable).await;
+    let saved = store
+        .load_checkpoint(id)
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!(
+        (saved.data.as_slice(), saved.epoch),
+        (b"step-7".as_slice(), 1)
+    );
+    store.advance_clock(Duration::from_secs(16));
+    store.signals().deadlines_changed();
+    wait_state(&store, id, JobState::Succeeded).await;
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!(job.result, Some(serde_json::json!({"resumed": "step-7"})));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
