@@ -232,21 +232,11 @@ impl Api {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Answer, Fail> {
-        let url = format!("{}{path}{}", self.base, query_string(query));
-        let mut request = self.http.request(method, &url);
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
+        let mut request = self.request(method, path, query);
         if let Some(body) = body {
             request = request.json(body);
         }
-        let unreachable = |e: reqwest::Error| {
-            Fail::error(format!(
-                "cannot reach the reeve daemon at {}: {}",
-                self.base,
-                error_chain(&e)
-            ))
-        };
+        let unreachable = |e: reqwest::Error| self.unreachable(e);
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let created = response
@@ -272,6 +262,29 @@ impl Api {
         Ok(Answer { created, body })
     }
 
+    /// A request to `path` with the token, if any.
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}{}", self.base, query_string(query));
+        let mut request = self.http.request(method, &url);
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        request
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> Fail {
+        Fail::error(format!(
+            "cannot reach the reeve daemon at {}: {}",
+            self.base,
+            error_chain(&e)
+        ))
+    }
+
     /// The same daemon with another bearer token (a run's job token).
     fn with_token(&self, token: &str) -> Result<Api, Fail> {
         let mut value =
@@ -295,23 +308,13 @@ impl Api {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<Option<Vec<u8>>, Fail> {
-        let url = format!("{}{path}{}", self.base, query_string(query));
-        let mut request = self.http.request(method, &url);
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
+        let mut request = self.request(method, path, query);
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(body);
         }
-        let unreachable = |e: reqwest::Error| {
-            Fail::error(format!(
-                "cannot reach the reeve daemon at {}: {}",
-                self.base,
-                error_chain(&e)
-            ))
-        };
+        let unreachable = |e: reqwest::Error| self.unreachable(e);
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;

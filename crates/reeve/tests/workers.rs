@@ -106,25 +106,7 @@ fn toml_string(s: &str) -> String {
 }
 
 fn api(d: &Daemon, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut req = reqwest::Client::new()
-            .request(method.parse().unwrap(), format!("{}{path}", d.url))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    })
+    common::request_as(method, &format!("{}{path}", d.url), Some(token), body)
 }
 
 fn job(d: &Daemon, id: i64) -> Value {

@@ -138,6 +138,17 @@ impl Drop for Daemon {
 }
 
 pub fn request(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    request_as(method, url, None, body)
+}
+
+/// A request with an optional bearer token; the answer as JSON (or its text
+/// as a JSON string).
+pub fn request_as(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,6 +156,9 @@ pub fn request(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     rt.block_on(async {
         let client = reqwest::Client::new();
         let mut req = client.request(method.parse().unwrap(), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
