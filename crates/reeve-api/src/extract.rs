@@ -205,10 +205,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathText {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let Path(v) = Path::<String>::from_request_parts(parts, &())
-            .await
-            .map_err(|r| ApiError::input("path", r.body_text()))?;
-        Ok(PathText(v))
+        path_param(parts, "path").await.map(PathText)
     }
 }
 

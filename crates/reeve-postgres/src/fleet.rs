@@ -26,10 +26,10 @@ use reeve_core::{JobId, JobState, Timestamp};
 use reeve_store::fleet::{Checkpoint, Mail, NewMail, NewWorker, WorkerRecord};
 use reeve_store::transition::fence;
 use reeve_store::{Result, StoreError};
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, Row};
 
-use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
+use crate::rows::{JOB_COLUMNS, col, corrupt, db_error, is_unique_violation, job_from_row};
 use crate::write::{Notify, Tx, commit, rollback};
 use crate::{NOW_QUERY, PostgresStore};
 
@@ -41,31 +41,6 @@ const MAIL_COLUMNS: &str = "id, job_id, at, sender, subject, body, read_at";
 /// Fresh ids drawn before a registration gives up on collisions (each is 64
 /// random bits, so a second draw is already never needed in practice).
 const ID_DRAWS: usize = 4;
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Database {
-        message: format!("unreadable {what} in the database: {detail}"),
-        transient: false,
-    }
-}
-
-/// Decodes column `i`, answering a type mismatch as a corrupt row.
-fn col<'r, T>(row: &'r PgRow, i: usize) -> Result<T>
-where
-    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-{
-    row.try_get(i).map_err(|e| corrupt("row", e))
-}
-
-/// `w-` and 16 random hex digits.
-fn new_worker_id() -> String {
-    use rand::RngExt;
-    format!("w-{:016x}", rand::rng().random::<u64>())
-}
-
-fn to_json(v: &[String]) -> String {
-    serde_json::to_string(v).expect("string lists always serialize")
-}
 
 fn list(what: &str, v: String) -> Result<Vec<String>> {
     serde_json::from_str(&v).map_err(|e| corrupt(what, e))
@@ -115,12 +90,12 @@ pub(crate) async fn register_worker(store: &PostgresStore, w: NewWorker) -> Resu
         draws += 1;
         let inserted = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(store.offset())
-            .bind(new_worker_id())
+            .bind(reeve_store::fleet::new_worker_id())
             .bind(&w.name)
             .bind(w.host.as_deref())
-            .bind(to_json(&w.kinds))
-            .bind(to_json(&w.queues))
-            .bind(to_json(&w.labels))
+            .bind(reeve_store::fleet::list_json(&w.kinds))
+            .bind(reeve_store::fleet::list_json(&w.queues))
+            .bind(reeve_store::fleet::list_json(&w.labels))
             .bind(i64::from(w.slots))
             .bind(w.heartbeats)
             .bind(w.version.as_deref())

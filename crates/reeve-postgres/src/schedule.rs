@@ -38,11 +38,11 @@ use reeve_store::{
     FiringRecord, NewAudit, NextFire, Pressure, Result, SchedulePut, ScheduleRecord, StoreError,
     TypicalDurations,
 };
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, Row};
 
 use crate::PostgresStore;
-use crate::rows::{JOB_COLUMNS, db_error, job_from_row};
+use crate::rows::{JOB_COLUMNS, col, corrupt, db_error, job_from_row, ts};
 use crate::write::{Notify, Tx, commit, enqueue_unique, insert_jobs, rollback};
 
 const SCHEDULE_COLUMNS: &str = "name, spec, status, paused_reason, next_fire_at, anchor, \
@@ -56,25 +56,6 @@ const SCHEDULE_COLUMN_COUNT: usize = 15;
 const FIRING_COLUMNS: &str = "id, schedule, nominal_at, nominal_until, outcome, job_id, at, detail, \
     claimed_at, slot_wait_ms, running_at_claim, finished_at, state, failure_reason, duration_ms, \
     turns, max_turns, deferrals";
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Database {
-        message: format!("unreadable {what} in the database: {detail}"),
-        transient: false,
-    }
-}
-
-/// Decodes column `i`, answering a type mismatch as a corrupt row.
-fn col<'r, T>(row: &'r PgRow, i: usize) -> Result<T>
-where
-    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-{
-    row.try_get(i).map_err(|e| corrupt("row", e))
-}
-
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp)
-}
 
 fn schedule_from_row(row: &PgRow) -> Result<ScheduleRecord> {
     let spec: String = col(row, 1)?;

@@ -19,7 +19,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::SqliteStore;
-use crate::rows::{JOB_COLUMNS, db_error, is_unique_violation, job_from_row};
+use crate::rows::{JOB_COLUMNS, corrupt, db_error, is_unique_violation, job_from_row};
 use crate::write::commit;
 
 const WORKER_COLUMNS: &str = "id, name, host, kinds, queues, labels, slots, heartbeats, version, \
@@ -30,23 +30,6 @@ const MAIL_COLUMNS: &str = "id, job_id, at, sender, subject, body, read_at";
 /// Fresh ids drawn before a registration gives up on collisions (each is 64
 /// random bits, so a second draw is already never needed in practice).
 const ID_DRAWS: usize = 4;
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Database {
-        message: format!("unreadable {what} in the database: {detail}"),
-        transient: false,
-    }
-}
-
-/// `w-` and 16 random hex digits.
-fn new_worker_id() -> String {
-    use rand::RngExt;
-    format!("w-{:016x}", rand::rng().random::<u64>())
-}
-
-fn to_json(v: &[String]) -> String {
-    serde_json::to_string(v).expect("string lists always serialize")
-}
 
 fn list(what: &str, v: String) -> Result<Vec<String>> {
     serde_json::from_str(&v).map_err(|e| corrupt(what, e))
@@ -94,12 +77,12 @@ pub(crate) async fn register_worker(store: &SqliteStore, w: NewWorker) -> Result
     loop {
         draws += 1;
         let inserted = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(new_worker_id())
+            .bind(reeve_store::fleet::new_worker_id())
             .bind(&w.name)
             .bind(w.host.as_deref())
-            .bind(to_json(&w.kinds))
-            .bind(to_json(&w.queues))
-            .bind(to_json(&w.labels))
+            .bind(reeve_store::fleet::list_json(&w.kinds))
+            .bind(reeve_store::fleet::list_json(&w.queues))
+            .bind(reeve_store::fleet::list_json(&w.labels))
             .bind(i64::from(w.slots))
             .bind(w.heartbeats)
             .bind(w.version.as_deref())

@@ -17,14 +17,15 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+/// A row the code cannot read (a database written by something else).
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Database {
         message: format!("unreadable {what} in the database: {detail}"),
         transient: false,
     }
 }
 
-fn ts(v: Option<i64>) -> Option<Timestamp> {
+pub(crate) fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
 

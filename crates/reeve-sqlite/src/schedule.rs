@@ -28,7 +28,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::SqliteStore;
-use crate::rows::{JOB_COLUMNS, db_error, job_from_row};
+use crate::rows::{JOB_COLUMNS, corrupt, db_error, job_from_row, ts};
 use crate::write::{commit, insert_events, insert_jobs};
 
 const SCHEDULE_COLUMNS: &str = "name, spec, status, paused_reason, next_fire_at, anchor, \
@@ -38,17 +38,6 @@ const SCHEDULE_COLUMNS: &str = "name, spec, status, paused_reason, next_fire_at,
 const FIRING_COLUMNS: &str = "id, schedule, nominal_at, nominal_until, outcome, job_id, at, detail, \
     claimed_at, slot_wait_ms, running_at_claim, finished_at, state, failure_reason, duration_ms, \
     turns, max_turns, deferrals";
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Database {
-        message: format!("unreadable {what} in the database: {detail}"),
-        transient: false,
-    }
-}
-
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp)
-}
 
 fn schedule_from_row(row: &SqliteRow) -> Result<ScheduleRecord> {
     let spec: String = row.get(1);

@@ -25,6 +25,17 @@ use serde::{Deserialize, Serialize};
 /// Largest checkpoint accepted by default (SPEC: bounded, 1 MiB).
 pub const DEFAULT_MAX_CHECKPOINT_BYTES: usize = 1024 * 1024;
 
+/// A fresh worker id: `w-` and 16 random hex digits.
+pub fn new_worker_id() -> String {
+    use rand::RngExt;
+    format!("w-{:016x}", rand::rng().random::<u64>())
+}
+
+/// A list of names as the JSON text the backends store.
+pub fn list_json(v: &[String]) -> String {
+    serde_json::to_string(v).expect("string lists always serialize")
+}
+
 /// A registration request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewWorker {
