@@ -13,6 +13,18 @@
 //! - The lock is taken at most once per session (`pg_try_advisory_lock`
 //!   stacks), and its key is derived from the schema, so daemons on other
 //!   schemas of the same database never compete.
+//! - *A stalled leader is deposed.* A leader whose process is frozen
+//!   (SIGSTOP, a swapped-out VM) keeps its session, and so the lock, while
+//!   doing nothing: reaping would stop for as long as it is frozen. Its
+//!   confirmations run every 500 ms on the lock's connection, so that
+//!   session's `query_start` shows when it last proved itself alive. A
+//!   daemon that fails to take the lock ends the holder's session
+//!   (`pg_terminate_backend`) once that is older than [`STALE_AFTER`], and
+//!   takes the lock on its next try. A frozen leader that wakes finds its
+//!   connection gone and steps down at its next confirmation; meanwhile
+//!   every maintenance statement it may still run is conditional and safe
+//!   to run twice. (Seeing and ending another session needs the same role,
+//!   or `pg_read_all_stats` and `pg_signal_backend`.)
 
 use std::time::Duration;
 
@@ -28,6 +40,10 @@ use crate::rows::db_error;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leader's confirmation may take before it counts as a doubt.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+/// A leader session that has not confirmed for this long is deposed: six
+/// confirmation intervals, and three times [`CONFIRM_TIMEOUT`], after which
+/// a live leader has already stepped down on its own.
+const STALE_AFTER: Duration = Duration::from_secs(3);
 
 /// The leader lock of one schema.
 pub struct PgLeadership {
@@ -83,6 +99,25 @@ impl PgLeadership {
         .await
         .map_err(db_error)
     }
+
+    /// Ends the session holding the lock if it has not confirmed for
+    /// [`STALE_AFTER`]; answers whether one was ended.
+    async fn depose_stale(&self, conn: &mut PgConnection) -> Result<bool> {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_or(pg_terminate_backend(a.pid)), false) \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.classid::bigint = $1 AND l.objid::bigint = $2 \
+               AND a.pid <> pg_backend_pid() \
+               AND a.query_start < clock_timestamp() - make_interval(secs => $3)",
+        )
+        .bind(i64::from((self.key >> 32) as u32))
+        .bind(i64::from(self.key as u32))
+        .bind(STALE_AFTER.as_secs_f64())
+        .fetch_one(conn)
+        .await
+        .map_err(db_error)
+    }
 }
 
 fn timed_out(what: &str) -> StoreError {
@@ -109,11 +144,19 @@ impl Leadership for PgLeadership {
                 );
             }
             let conn = session.conn.as_mut().expect("just connected");
-            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            let held = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
                 .bind(self.key)
-                .fetch_one(conn)
+                .fetch_one(&mut *conn)
                 .await
-                .map_err(db_error)
+                .map_err(db_error)?;
+            if !held && self.depose_stale(conn).await? {
+                tracing::warn!(
+                    event = "leader_deposed",
+                    "the leader had not confirmed its lock for {}s; its session was ended",
+                    STALE_AFTER.as_secs()
+                );
+            }
+            Ok(held)
         };
         let acquired = tokio::time::timeout(ACQUIRE_TIMEOUT, attempt)
             .await

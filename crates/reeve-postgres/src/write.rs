@@ -444,7 +444,21 @@ async fn claim_locked(
     let forced =
         crate::schedule::forced_candidates(&mut tx, p.queues.as_deref(), &p.kinds, p.limit).await?;
     let limit = p.limit - forced.len() as u32;
-    let mut picked = pick_under_caps(&mut tx, p, limit, global, queues, capped, &forced).await?;
+    let (mut picked, counted_at) = pick_under_caps(
+        &mut tx,
+        p,
+        limit,
+        global,
+        queues,
+        capped,
+        &forced,
+        store.offset(),
+    )
+    .await?;
+    // The claim's instant is taken after the running count's snapshot, so
+    // every run end the count saw is recorded earlier than this claim: the
+    // event history replays the caps exactly as the claim judged them.
+    let now = counted_at.map_or(now, |t| t.max(now));
     picked.extend(forced.iter().map(|(id, _)| *id));
     if picked.is_empty() {
         rollback(tx).await?;
@@ -480,7 +494,8 @@ async fn claim_locked(
 
 /// The jobs (locked) a claim of up to `limit` takes under the caps, counting
 /// the forced runs it is also taking as running and never picking them
-/// again.
+/// again; with caps, also the store's clock read after the count's snapshot.
+#[allow(clippy::too_many_arguments)]
 async fn pick_under_caps(
     tx: &mut Tx,
     p: &ClaimParams,
@@ -489,22 +504,36 @@ async fn pick_under_caps(
     queues: &[QueueRow],
     capped: bool,
     forced: &[(JobId, String)],
-) -> Result<Vec<JobId>> {
+    clock_offset: i64,
+) -> Result<(Vec<JobId>, Option<i64>)> {
     if limit == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let mut running: HashMap<String, u64> = HashMap::new();
+    let mut counted_at = None;
     if capped {
-        for r in
-            sqlx::query("SELECT queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue")
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(db_error)?
+        // clock_timestamp() runs after the statement's snapshot is taken.
+        for r in sqlx::query(
+            "SELECT c.now, q.queue, q.n \
+             FROM (SELECT (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1 AS now) c \
+             LEFT JOIN (SELECT queue, COUNT(*) AS n FROM jobs WHERE state = 'running' GROUP BY queue) q \
+               ON true",
+        )
+        .bind(clock_offset)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?
         {
-            running.insert(
-                r.try_get(0).map_err(db_error)?,
-                r.try_get::<i64, _>(1).map_err(db_error)?.max(0) as u64,
-            );
+            counted_at = Some(r.try_get::<i64, _>(0).map_err(db_error)?);
+            if let Some(queue) = r.try_get::<Option<String>, _>(1).map_err(db_error)? {
+                running.insert(
+                    queue,
+                    r.try_get::<Option<i64>, _>(2)
+                        .map_err(db_error)?
+                        .unwrap_or(0)
+                        .max(0) as u64,
+                );
+            }
         }
     }
     for (_, queue) in forced {
@@ -514,7 +543,7 @@ async fn pick_under_caps(
     let global_room = global.map_or(u64::MAX, |g| g.saturating_sub(total_running));
     let take = u64::from(limit).min(global_room);
     if take == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), counted_at));
     }
 
     // Per-queue room for the queues this claimer may take from.
@@ -536,7 +565,7 @@ async fn pick_under_caps(
         }
     }
     if room.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), counted_at));
     }
 
     // The head of each eligible queue, in one statement: the claim index per
@@ -589,7 +618,7 @@ async fn pick_under_caps(
         .map(|r| Ok((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?, r.try_get(3)?)))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(db_error)?;
-    Ok(pick_claims(candidates, room, take))
+    Ok((pick_claims(candidates, room, take), counted_at))
 }
 
 pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Result<HeartbeatAck> {

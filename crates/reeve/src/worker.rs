@@ -639,7 +639,7 @@ async fn run_one(
         .await
     {
         Some(Answer::Ok(_)) => {
-            tracing::info!(target: "reeve::worker", event = "written_back", job = id, outcome = path)
+            tracing::info!(target: "reeve::worker", event = "written_back", job = id, epoch = a.epoch, outcome = path)
         }
         Some(Answer::Refused(status, v)) => tracing::warn!(
             job = id,
