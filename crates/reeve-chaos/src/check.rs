@@ -84,7 +84,7 @@ pub struct Findings {
     pub jobs_by_state: BTreeMap<String, usize>,
 }
 
-pub const INVARIANTS: [&str; 14] = [
+pub const INVARIANTS: [&str; 15] = [
     "not_terminal",
     "terminal_count",
     "illegal_transition",
@@ -99,6 +99,7 @@ pub const INVARIANTS: [&str; 14] = [
     "follow_up_count",
     "lost_job",
     "late_reclaim",
+    "secret_leaked",
 ];
 
 const GLOBAL: &str = "*";
@@ -398,6 +399,15 @@ pub fn check(h: &History) -> Findings {
         }
     }
     f.reclaim = Latencies::of(latencies);
+
+    for place in &h.secret_sightings {
+        violate(
+            &mut f,
+            "secret_leaked",
+            None,
+            format!("a configured secret appears in {place}"),
+        );
+    }
     f
 }
 
@@ -676,6 +686,13 @@ mod tests {
         h.accepted_writes[0].epoch = 7;
         let inv = invariants(&check(&h)).join(",");
         assert!(inv.contains("accepted_write_missing"), "{inv}");
+    }
+
+    #[test]
+    fn a_secret_seen_anywhere_is_a_violation() {
+        let mut h = clean();
+        h.secret_sightings.push("daemon0.log".into());
+        assert_eq!(check(&h).by_invariant["secret_leaked"], 1);
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct History {
     /// Job ids whose enqueue the harness saw acknowledged.
     pub acknowledged: Vec<i64>,
     pub caps: Caps,
+    /// Where a configured secret (admin or worker token) was found in the
+    /// run's logs, `/metrics`, `/v1/status` or the dashboard (must be none).
+    #[serde(default)]
+    pub secret_sightings: Vec<String>,
     /// Wall-clock bounds of the calm and the fault phases.
     pub calm: (i64, i64),
     pub chaos: (i64, i64),

@@ -444,6 +444,25 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
     let _ = watcher.await;
     let _ = sampler.await;
 
+    // What a daemon shows the world, kept for the secrets check.
+    for (path, name) in [
+        ("/metrics", "metrics.txt"),
+        ("/v1/status", "status.json"),
+        ("/", "dashboard.html"),
+        ("/jobs", "dashboard-jobs.html"),
+        ("/workers", "dashboard-workers.html"),
+    ] {
+        if let Ok(r) = http
+            .get(format!("{}{path}", daemon_urls[0]))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            && let Ok(text) = r.text().await
+        {
+            write(&out.join(name), &text)?;
+        }
+    }
+
     // Stop everything, then read the history.
     {
         let mut f = fleet.lock().expect("fleet");
@@ -468,6 +487,7 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
         accepted_writes.extend(w);
     }
     let effects = history::effect_attempts(&std::fs::read_to_string(ledger.join("attempts.log"))?);
+    let secret_sightings = secret_sightings(&out);
     let acknowledged = acknowledged.lock().expect("acknowledged").clone();
     facts.enqueued = acknowledged.len();
     let h = History {
@@ -485,12 +505,41 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
                 .map(|(q, c)| (q.to_string(), *c))
                 .collect(),
         },
+        secret_sightings,
         calm: (calm_start, calm_end),
         chaos: (chaos_start, chaos_end),
     };
     drop(fleet);
     drop(network);
     Ok((h, facts))
+}
+
+/// The files of the run's directory (logs, pages, metrics; not the
+/// harness's own configuration) that contain a configured secret.
+fn secret_sightings(out: &Path) -> Vec<String> {
+    let mut seen = Vec::new();
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return seen;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let kept = name.ends_with(".log")
+            || name.ends_with(".html")
+            || name == "metrics.txt"
+            || name == "status.json";
+        if !kept {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        if [ADMIN_TOKEN, WORKER_TOKEN].iter().any(|s| text.contains(s)) {
+            seen.push(name);
+        }
+    }
+    seen.sort();
+    seen
 }
 
 async fn wait_healthy(url: &str, limit: Duration) -> anyhow::Result<()> {

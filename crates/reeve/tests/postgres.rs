@@ -205,6 +205,61 @@ fn a_leader_whose_connection_is_cut_stops_before_another_starts() {
     b.stop();
 }
 
+/// A SIGSTOPped leader keeps its session and its lock while doing nothing;
+/// the other daemon ends that session once it is stale, takes over, and
+/// reaps the frozen daemon's run — not only once the leader wakes.
+#[test]
+fn a_frozen_leader_is_deposed_and_its_orphaned_run_reaped() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(schema) = Schema::new("frozen") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a", &schema, "");
+    wait_until("a leads", Duration::from_secs(15), || is_leader(&a));
+    let id = a.enqueue(json!({
+        "kind": "sleeper",
+        "command": ["sh", "-c", "sleep 10"],
+        "heartbeat_timeout": "2s",
+        "max_attempts": 2,
+    }));
+    wait_until("a runs the job", Duration::from_secs(10), || {
+        a.job(id)["state"] == "running"
+    });
+    let b = start(dir.path(), "b", &schema, "");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!is_leader(&b));
+    let pid = Pid::from_raw(a.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    wait_until("b takes over", Duration::from_secs(15), || is_leader(&b));
+    let took = frozen.elapsed();
+    wait_until("the frozen run is reaped", Duration::from_secs(15), || {
+        b.events(id).iter().any(|e| e["reason"] == "heartbeat_lost")
+    });
+    let reaped = frozen.elapsed();
+    kill(pid, Signal::SIGCONT).unwrap();
+    // STALE_AFTER (3 s) + the takeover grace (2 s) + confirmation slack.
+    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    assert!(reaped < Duration::from_secs(9), "reaping took {reaped:?}");
+    assert!(
+        std::fs::read_to_string(&b.log)
+            .unwrap()
+            .contains("event=leader_deposed"),
+        "b says it deposed the frozen leader"
+    );
+    wait_until("a steps down on waking", Duration::from_secs(10), || {
+        !is_leader(&a)
+    });
+    for _ in 0..5 {
+        assert_eq!(leaders(&[&a, &b]), 1, "exactly one leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn daemons_share_the_work_under_caps_and_run_each_job_once() {
     let Some(schema) = Schema::new("share") else {
