@@ -197,23 +197,46 @@ pub async fn read_store(pool: &sqlx::PgPool) -> anyhow::Result<(Vec<JobRow>, Vec
     Ok((jobs, events))
 }
 
-/// The value of `key=` in a logfmt line (unquoted or double-quoted).
+/// The value of `key=` in a logfmt line: the line is read pair by pair, so
+/// a quoted value (which may hold `key=` text itself) is never mistaken
+/// for a field. Escapes inside quotes are kept as written.
 pub fn logfmt_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let mut rest = line;
-    let needle = format!("{key}=");
-    loop {
-        let at = rest.find(&needle)?;
-        let before_ok = at == 0 || rest.as_bytes()[at - 1] == b' ';
-        let value = &rest[at + needle.len()..];
-        if before_ok {
-            return Some(if let Some(quoted) = value.strip_prefix('"') {
-                &quoted[..quoted.find('"').unwrap_or(quoted.len())]
-            } else {
-                &value[..value.find(' ').unwrap_or(value.len())]
-            });
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
         }
-        rest = value;
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b' ' {
+            i += 1;
+        }
+        let name = &line[start..i];
+        if i >= bytes.len() || bytes[i] == b' ' {
+            continue; // a bare word
+        }
+        i += 1; // '='
+        let value = if bytes.get(i) == Some(&b'"') {
+            i += 1;
+            let from = i;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            let v = line.get(from..i.min(bytes.len()))?;
+            i += 1;
+            v
+        } else {
+            let from = i;
+            while i < bytes.len() && bytes[i] != b' ' {
+                i += 1;
+            }
+            &line[from..i]
+        };
+        if name == key {
+            return Some(value);
+        }
     }
+    None
 }
 
 /// The accepted write-backs in a worker's log (`event=written_back` lines).
