@@ -86,6 +86,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> ApiResult<Response
         ConstGauge::new(gauge_value(counts.running)),
     );
     registry.register(
+        "reeve_stalled_runs",
+        "Running runs without progress for stall_after, escalated ones included",
+        ConstGauge::new(gauge_value(counts.stalled)),
+    );
+    registry.register(
+        "reeve_escalated_runs",
+        "Running runs whose stall was escalated",
+        ConstGauge::new(gauge_value(counts.escalated)),
+    );
+    registry.register(
         "reeve_queue_concurrency_limit",
         "A queue's concurrency cap (only queues that have one)",
         queue_limit,
@@ -171,6 +181,11 @@ pub(crate) struct StatusResponse {
     /// Whether this daemon leads (also in `executor.leader`).
     leader: bool,
     running: u64,
+    /// Running runs without progress for `stall_after` (SPEC §10),
+    /// escalated ones included.
+    stalled: u64,
+    /// Running runs whose stall was escalated.
+    escalated: u64,
     by_state: std::collections::BTreeMap<String, u64>,
     limits: Limits,
     queues: Vec<QueueInfo>,
@@ -188,6 +203,8 @@ pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<Stat
         worker_id: state.runtime.worker_id(),
         leader: executor.leader,
         running: counts.running,
+        stalled: counts.stalled,
+        escalated: counts.escalated,
         by_state: counts.by_state,
         limits,
         queues,

@@ -37,10 +37,16 @@ pub enum EventKind {
     Cancelled,
     /// `failed` / `cancelled` → `available` by an operator.
     Retried,
+    /// A running run made no progress for `stall_after`; the supervisor
+    /// mailed it (SPEC §10). Not a state change.
+    Stalled,
+    /// A stalled run stayed without progress for `escalate_after` more.
+    /// Not a state change.
+    Escalated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Enqueued,
         EventKind::Available,
         EventKind::Claimed,
@@ -50,6 +56,8 @@ impl EventKind {
         EventKind::CancelRequested,
         EventKind::Cancelled,
         EventKind::Retried,
+        EventKind::Stalled,
+        EventKind::Escalated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +71,8 @@ impl EventKind {
             EventKind::CancelRequested => "cancel_requested",
             EventKind::Cancelled => "cancelled",
             EventKind::Retried => "retried",
+            EventKind::Stalled => "stalled",
+            EventKind::Escalated => "escalated",
         }
     }
 
@@ -77,7 +87,9 @@ impl EventKind {
             EventKind::Retryable => JobState::Retryable,
             EventKind::Failed => JobState::Failed,
             EventKind::Cancelled => JobState::Cancelled,
-            EventKind::CancelRequested => return None,
+            EventKind::CancelRequested | EventKind::Stalled | EventKind::Escalated => {
+                return None;
+            }
         })
     }
 }

@@ -166,6 +166,18 @@ pub struct Job {
     /// The job to enqueue when this one succeeds (SPEC §10).
     #[serde(default)]
     pub on_success: Option<FollowUp>,
+    /// When the current (or last) run last made progress (SPEC §10): its
+    /// claim, a turn count that went up, a new progress note, a checkpoint.
+    #[serde(default)]
+    pub progress_at: Option<Timestamp>,
+    /// When the supervisor found the run without progress for `stall_after`
+    /// (and mailed it); cleared by the next progress.
+    #[serde(default)]
+    pub stalled_at: Option<Timestamp>,
+    /// When the stall was escalated (`escalate_after` after `stalled_at`);
+    /// cleared by the next progress.
+    #[serde(default)]
+    pub escalated_at: Option<Timestamp>,
 }
 
 impl Job {

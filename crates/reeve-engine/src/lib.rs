@@ -9,7 +9,9 @@
 //! - The **completer** batches write-backs from all runs into one
 //!   transaction each; every element stays fenced on its own epoch.
 //! - **Maintenance** promotes due jobs, reaps expired leases (aborting a
-//!   reaped run of this process at once) and prunes old jobs.
+//!   reaped run of this process at once), supervises progress (stalls and
+//!   escalations, SPEC §10, at most once per `supervise_every`) and prunes
+//!   old jobs.
 //!
 //! **Invariants.** The engine never busy-polls: each loop sleeps until the
 //! store's next deadline or a wake-up signal (enqueue, completion, config
@@ -68,6 +70,15 @@ pub struct EngineConfig {
     pub run_env: Option<RunEnv>,
     /// Firing ledger rows older than this are pruned.
     pub firing_retention: Duration,
+    /// Stall detection and escalation (SPEC §10); `None` turns it off.
+    pub supervision: Option<reeve_store::SuperviseParams>,
+    /// Least time between two supervision passes, so that a busy claim and
+    /// completion path (which wakes maintenance at every claim) pays for
+    /// one pass per period at most.
+    pub supervise_every: Duration,
+    /// Delivered and abandoned webhook outbox rows older than this are
+    /// pruned.
+    pub delivery_retention: Duration,
 }
 
 pub const DEFAULT_SLOTS: u32 = 8;
@@ -75,6 +86,7 @@ pub const DEFAULT_CLAIM_BATCH: u32 = 100;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_PRESSURE_DELAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_PRESSURE_MAX_DEFER: Duration = Duration::from_secs(600);
+pub const DEFAULT_SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 
 impl EngineConfig {
     pub fn new(worker_id: impl Into<String>) -> Self {
@@ -91,6 +103,9 @@ impl EngineConfig {
             pressure_max_defer: DEFAULT_PRESSURE_MAX_DEFER,
             run_env: None,
             firing_retention: DEFAULT_RETENTION,
+            supervision: Some(reeve_store::SuperviseParams::default()),
+            supervise_every: DEFAULT_SUPERVISE_EVERY,
+            delivery_retention: DEFAULT_RETENTION,
         }
     }
 }
@@ -222,6 +237,9 @@ pub struct Stats {
     pub refused_writebacks: AtomicU64,
     pub reaped: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Runs this process's supervision found stalled, and escalated.
+    pub stalled: AtomicU64,
+    pub escalated: AtomicU64,
 }
 
 struct Inner {

@@ -696,3 +696,81 @@ async fn a_retried_process_run_resumes_from_its_checkpoint() {
     assert_eq!(job.result, Some(serde_json::json!({"resumed": "step-7"})));
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Reports one progress note each time the test says so, then waits to be
+/// stopped.
+struct Reporter {
+    go: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Handler for Reporter {
+    async fn run(&self, run: Run) -> Outcome {
+        for note in ["reading", "writing"] {
+            tokio::select! {
+                _ = self.go.notified() => {
+                    let _ = run.reports.send(reeve_engine::reeve_exec::Report::Progress(note.into()));
+                }
+                _ = run.stop.cancelled() => break,
+            }
+        }
+        run.stop.cancelled().await;
+        Outcome::Failed {
+            reason: FailureReason::Cancelled,
+            error: None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_stalls_a_silent_run_and_its_reports_clear_the_stall() {
+    let (_dir, store) = store().await;
+    let reporter = Arc::new(Reporter {
+        go: tokio::sync::Notify::new(),
+    });
+    let mut config = EngineConfig::new("t");
+    config.supervision = Some(reeve_store::SuperviseParams {
+        stall_after: Duration::from_millis(400),
+        // Long enough that the first stall is cleared before it escalates.
+        escalate_after: Duration::from_millis(1500),
+        limit: 10,
+    });
+    config.supervise_every = Duration::from_millis(20);
+    let engine = Engine::start(
+        store.clone(),
+        config,
+        Handlers::new().kind("agent", reporter.clone()),
+    );
+    let mut nj = NewJob::new("default", "agent");
+    nj.heartbeat_timeout = Some(Duration::from_millis(300));
+    let id = enqueue_one(&store, nj).await;
+    wait_state(&store, id, JobState::Running).await;
+    // Silent but alive (the engine heartbeats): stalled, not reaped.
+    eventually("the stall", || async {
+        store.get_job(id).await.unwrap().stalled_at.is_some()
+    })
+    .await;
+    let mail = store.read_mail(id, false).await.unwrap();
+    assert_eq!((mail.len(), mail[0].sender.as_str()), (1, "supervisor"));
+    // A progress report rides the next heartbeat and clears it.
+    reporter.go.notify_one();
+    eventually("the stall cleared by the report", || async {
+        let job = store.get_job(id).await.unwrap();
+        job.stalled_at.is_none() && job.progress.as_deref() == Some("reading")
+    })
+    .await;
+    // Silent again: stalled again, then escalated; still running.
+    eventually("the escalation", || async {
+        store.get_job(id).await.unwrap().escalated_at.is_some()
+    })
+    .await;
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Running, 1));
+    let events = store.job_events(id).await.unwrap();
+    let count = |k: reeve_core::EventKind| events.iter().filter(|e| e.event == k).count();
+    assert_eq!(count(reeve_core::EventKind::Stalled), 2);
+    assert_eq!(count(reeve_core::EventKind::Escalated), 1);
+    assert_eq!(store.read_mail(id, false).await.unwrap().len(), 2);
+    assert!(engine.stats().stalled.load(Ordering::Relaxed) >= 2);
+    engine.shutdown(Duration::from_millis(100)).await;
+}

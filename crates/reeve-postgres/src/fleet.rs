@@ -5,12 +5,13 @@
 //! - *One instant per write.* A one-statement write reads the database's
 //!   clock once in a CTE (as `write::heartbeat` does); a transaction reads it
 //!   once ([`PostgresStore::db_now`]) and binds it.
-//! - *Checkpoints are fenced under a row lock.* [`save_checkpoint`] reads the
-//!   job `FOR SHARE` before it checks the fence and upserts, so the run
-//!   cannot end (finish and reap take the row `FOR UPDATE`) between the check
-//!   and the commit, and an older epoch can never overwrite a newer one. The
-//!   lock never touches an `available` job, so claims (`SKIP LOCKED`) never
-//!   skip a job because of it.
+//! - *Checkpoints are fenced under a row lock.* [`save_checkpoint`] first
+//!   marks the job's progress with one update fenced on `(id, epoch,
+//!   running)`, which holds the row until the commit, so the run cannot end
+//!   (finish and reap take the row `FOR UPDATE`) between the check and the
+//!   upsert, and an older epoch can never overwrite a newer one. The lock
+//!   never touches an `available` job, so claims (`SKIP LOCKED`) never skip
+//!   a job because of it.
 //! - *Mail never outlives its job.* Prune locks the terminal jobs it deletes
 //!   (`FOR UPDATE SKIP LOCKED`) and deletes their mail in the same
 //!   transaction; a send or a marking read of a terminal job first takes its
@@ -185,24 +186,36 @@ pub(crate) async fn save_checkpoint(
     data: Vec<u8>,
 ) -> Result<Checkpoint> {
     let mut tx = store.begin().await?;
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR SHARE");
-    let row = match sqlx::query(AssertSqlSafe(sql))
-        .bind(job)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?
-    {
-        Some(row) => row,
-        None => {
-            rollback(tx).await?;
-            return Err(StoreError::NotFound(job));
-        }
-    };
-    if let Some(refusal) = fence(&job_from_row(&row)?, epoch) {
-        rollback(tx).await?;
-        return Err(refusal);
-    }
     let now = store.db_now(&mut tx).await?;
+    // The fence and the progress mark (a checkpoint is progress, SPEC §10:
+    // it clears a stall) in one statement, which holds the job's row until
+    // the commit.
+    let marked = sqlx::query(
+        "UPDATE jobs SET progress_at = $1, stalled_at = NULL, escalated_at = NULL \
+         WHERE id = $2 AND epoch = $3 AND state = 'running'",
+    )
+    .bind(now)
+    .bind(job)
+    .bind(epoch)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if marked.rows_affected() == 0 {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(job)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        rollback(tx).await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(job));
+        };
+        let current = job_from_row(&row)?;
+        return Err(fence(&current, epoch).unwrap_or(StoreError::NotRunning {
+            state: current.state,
+        }));
+    }
     let size = data.len();
     sqlx::query(
         "INSERT INTO checkpoints (job_id, epoch, data, size, saved_at) VALUES ($1, $2, $3, $4, $5) \

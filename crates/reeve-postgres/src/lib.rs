@@ -35,6 +35,7 @@ mod leader;
 mod listen;
 mod rows;
 mod schedule;
+mod supervision;
 mod write;
 
 use std::str::FromStr;
@@ -47,10 +48,11 @@ use reeve_core::{Event, Job, JobFilter, JobId, Page, Timestamp};
 use reeve_schedule::ScheduleStatus;
 use reeve_store::fleet::{Checkpoint, Mail, NewMail, NewWorker, WorkerRecord};
 use reeve_store::{
-    AuditRecord, ClaimParams, DeferParams, DeferResult, Enqueued, Finish, FireParams, FireResult,
-    FiringQuery, FiringRecord, HeartbeatAck, HeartbeatParams, Leadership, Limits, NewAudit,
-    NextFire, Pressure, QueueInfo, QueuePatch, QueueSettings, Result, RunOutput, SchedulePut,
-    ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError, TypicalDurations,
+    AuditRecord, ClaimParams, DeferParams, DeferResult, Delivery, DeliveryOutcome, Enqueued,
+    Finish, FireParams, FireResult, FiringQuery, FiringRecord, HeartbeatAck, HeartbeatParams,
+    Leadership, Limits, NewAudit, NextFire, Pressure, QueueInfo, QueuePatch, QueueSettings, Result,
+    RunOutput, SchedulePut, ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError,
+    SuperviseParams, Supervised, TypicalDurations,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -79,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "follow_ups",
         include_str!("../migrations/0005_follow_ups.sql"),
+    ),
+    (
+        6,
+        "supervision",
+        include_str!("../migrations/0006_supervision.sql"),
     ),
 ];
 
@@ -772,6 +779,18 @@ impl Store for PostgresStore {
             }
             counts.by_state.insert(state, n);
         }
+        if counts.running > 0 {
+            // Through the running jobs' index: as cheap as the runs are few.
+            let (stalled, escalated): (i64, i64) = sqlx::query_as(
+                "SELECT count(stalled_at), count(escalated_at) FROM jobs \
+                 WHERE state = 'running' AND lease_expires_at IS NOT NULL",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+            counts.stalled = stalled.max(0) as u64;
+            counts.escalated = escalated.max(0) as u64;
+        }
         Ok(counts)
     }
 
@@ -895,6 +914,31 @@ impl Store for PostgresStore {
 
     async fn unread_mail(&self, job: JobId) -> Result<u64> {
         fleet::unread_mail(self, job).await
+    }
+
+    async fn supervise(&self, params: SuperviseParams) -> Result<Supervised> {
+        supervision::supervise(self, params).await
+    }
+
+    async fn claim_deliveries(&self, limit: u32, lease: Duration) -> Result<Vec<Delivery>> {
+        supervision::claim_deliveries(self, limit, lease).await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: i64,
+        attempt: i32,
+        outcome: DeliveryOutcome,
+    ) -> Result<bool> {
+        supervision::record_delivery(self, id, attempt, outcome).await
+    }
+
+    async fn next_delivery_in(&self) -> Result<Option<Duration>> {
+        supervision::next_delivery_in(self).await
+    }
+
+    async fn prune_deliveries(&self, older_than: Duration, batch: u32) -> Result<u64> {
+        supervision::prune_deliveries(self, older_than, batch).await
     }
 }
 

@@ -15,6 +15,11 @@
 //!   (`StoreConfig.retry.delay_after`) and cancel grace.
 //! - A completion enqueues the follow-ups of the jobs it made succeed in its
 //!   own transaction (SPEC §10), after it has locked every row of its batch.
+//! - Every terminal path (finish, reap, cancel) writes the subscribed
+//!   webhook outbox rows of what it ended (`supervision::record_ended`) in
+//!   its own transaction.
+//! - A claim sets the run's `progress_at`; a heartbeat that carries progress
+//!   moves it and clears a stall, in the same statement (SPEC §10).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -469,6 +474,7 @@ async fn claim_locked(
         "UPDATE jobs SET state = 'running', epoch = epoch + 1, attempt = attempt + 1, \
            claimed_by = $1, claimed_at = $2, heartbeat_at = $2, heartbeats = $3, heartbeat_count = 0, \
            cancel_requested_at = NULL, progress = NULL, turns = 0, \
+           progress_at = $2, stalled_at = NULL, escalated_at = NULL, \
            lease_expires_at = CASE WHEN $3 THEN least($2 + max_run_duration_ms, $2 + heartbeat_timeout_ms) \
                                    ELSE $2 + max_run_duration_ms END \
          WHERE id = ANY($4::bigint[]) AND state = 'available' RETURNING {JOB_COLUMNS}"
@@ -623,7 +629,10 @@ async fn pick_under_caps(
 
 pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Result<HeartbeatAck> {
     // One statement, one instant: the CTE runs once (clock_timestamp() is
-    // volatile, so it is never inlined).
+    // volatile, so it is never inlined). Progress (SPEC §10): a turn count
+    // above the stored one or a note that differs from the stored one (an
+    // executor may resend its last note on every beat); SET reads the row
+    // as it was before.
     let row = sqlx::query(
         "WITH t AS (SELECT (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1 AS now) \
          UPDATE jobs SET heartbeat_at = t.now, heartbeat_count = jobs.heartbeat_count + 1, \
@@ -631,6 +640,15 @@ pub(crate) async fn heartbeat(store: &PostgresStore, p: HeartbeatParams) -> Resu
                                    THEN least(jobs.claimed_at + jobs.max_run_duration_ms, \
                                               t.now + jobs.heartbeat_timeout_ms) \
                                    ELSE jobs.lease_expires_at END, \
+           progress_at = CASE WHEN $4::bigint > jobs.turns \
+                                OR ($5::text IS NOT NULL AND $5::text IS DISTINCT FROM jobs.progress) \
+                              THEN t.now ELSE jobs.progress_at END, \
+           stalled_at = CASE WHEN $4::bigint > jobs.turns \
+                               OR ($5::text IS NOT NULL AND $5::text IS DISTINCT FROM jobs.progress) \
+                             THEN NULL ELSE jobs.stalled_at END, \
+           escalated_at = CASE WHEN $4::bigint > jobs.turns \
+                                 OR ($5::text IS NOT NULL AND $5::text IS DISTINCT FROM jobs.progress) \
+                               THEN NULL ELSE jobs.escalated_at END, \
            turns = coalesce($4, jobs.turns), progress = coalesce($5, jobs.progress) \
          FROM t \
          WHERE jobs.id = $2 AND jobs.epoch = $3 AND jobs.state = 'running' \
@@ -816,9 +834,18 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
         .cloned()
         .collect();
     let settled = crate::schedule::settle_jobs(store, &mut tx, &ended, now).await?;
+    let failed: Vec<&Job> = answers
+        .iter()
+        .flatten()
+        .filter(|j| j.state == JobState::Failed)
+        .collect();
+    let outbox = crate::supervision::record_ended(store, &mut tx, &failed, &settled, now).await?;
     let notify = if freed { Notify::BOTH } else { Notify::NONE };
     commit(tx, store, now, &events, notify).await?;
     crate::schedule::emit_settled(&settled);
+    if outbox {
+        store.signals.outbox_changed();
+    }
     Ok(answers)
 }
 
@@ -920,8 +947,13 @@ pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {
     };
     let settled =
         crate::schedule::settle_jobs(store, &mut tx, std::slice::from_ref(&updated), now).await?;
+    let outbox =
+        crate::supervision::record_ended(store, &mut tx, &[&updated], &settled, now).await?;
     commit(tx, store, now, &[event], Notify::DEADLINES).await?;
     crate::schedule::emit_settled(&settled);
+    if outbox {
+        store.signals.outbox_changed();
+    }
     Ok(updated)
 }
 
@@ -1031,8 +1063,13 @@ pub(crate) async fn reap_expired(store: &PostgresStore, limit: u32) -> Result<Ve
         reaped.push(updated);
     }
     let settled = crate::schedule::settle_jobs(store, &mut tx, &reaped, now).await?;
+    let ended: Vec<&Job> = reaped.iter().collect();
+    let outbox = crate::supervision::record_ended(store, &mut tx, &ended, &settled, now).await?;
     commit(tx, store, now, &events, Notify::BOTH).await?;
     crate::schedule::emit_settled(&settled);
+    if outbox {
+        store.signals.outbox_changed();
+    }
     Ok(reaped)
 }
 

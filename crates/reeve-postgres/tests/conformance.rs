@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reeve_postgres::PostgresStore;
-use reeve_store::Store;
 use reeve_store::conformance::Harness;
+use reeve_store::{Store, StoreConfig};
 
 struct PgHarness {
     store: Arc<PostgresStore>,
@@ -47,8 +47,8 @@ impl Harness for PgHarness {
         }
     }
 
-    async fn connect(&self) -> Arc<dyn Store> {
-        let other = self.db.open().await;
+    async fn connect_with(&self, config: StoreConfig) -> Arc<dyn Store> {
+        let other = self.db.open_with(config).await;
         // A new handle starts where the harness's clock is now.
         let offset = self.store.clock_offset();
         other.advance_clock(offset);

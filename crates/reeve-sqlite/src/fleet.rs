@@ -180,6 +180,15 @@ pub(crate) async fn save_checkpoint(
     if let Some(refusal) = fence(&job_from_row(&row)?, epoch) {
         return Err(refusal);
     }
+    // A checkpoint is progress (SPEC §10): it clears a stall.
+    sqlx::query(
+        "UPDATE jobs SET progress_at = ?1, stalled_at = NULL, escalated_at = NULL WHERE id = ?2",
+    )
+    .bind(now)
+    .bind(job)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
     let size = data.len();
     sqlx::query(
         "INSERT INTO checkpoints (job_id, epoch, data, size, saved_at) VALUES (?1, ?2, ?3, ?4, ?5) \

@@ -12,7 +12,7 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
     unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
-    schedule, nominal_at, on_success";
+    schedule, nominal_at, on_success, progress_at, stalled_at, escalated_at";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -88,6 +88,9 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
         on_success: on_success
             .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("on_success", e)))
             .transpose()?,
+        progress_at: ts(row.get(34)),
+        stalled_at: ts(row.get(35)),
+        escalated_at: ts(row.get(36)),
     })
 }
 
@@ -142,7 +145,8 @@ pub const JOB_JSON: &str = "json_object('id', id, 'queue', queue, 'kind', kind, 
     'command', json(command), 'max_turns', max_turns, 'turns', turns, 'progress', progress, \
     'result', json(result), 'cancel_requested_at', cancel_requested_at, 'created_at', created_at, \
     'finished_at', finished_at, 'schedule', schedule, 'nominal_at', nominal_at, \
-    'on_success', json(on_success))";
+    'on_success', json(on_success), 'progress_at', progress_at, 'stalled_at', stalled_at, \
+    'escalated_at', escalated_at)";
 
 /// The shape of [`JOB_JSON`].
 #[derive(serde::Deserialize)]
@@ -181,6 +185,9 @@ struct JobJson {
     schedule: Option<String>,
     nominal_at: Option<i64>,
     on_success: Option<FollowUp>,
+    progress_at: Option<i64>,
+    stalled_at: Option<i64>,
+    escalated_at: Option<i64>,
 }
 
 /// Parses a `json_group_array` of [`JOB_JSON`] objects.
@@ -229,6 +236,9 @@ pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
                 schedule: r.schedule,
                 nominal_at: ts(r.nominal_at),
                 on_success: r.on_success,
+                progress_at: ts(r.progress_at),
+                stalled_at: ts(r.stalled_at),
+                escalated_at: ts(r.escalated_at),
             })
         })
         .collect()

@@ -2,7 +2,11 @@
 //! `BEGIN IMMEDIATE` transaction (or one statement), appends the events of
 //! the transitions it made in that same transaction, and prints their log
 //! lines only after the commit. A completion enqueues the follow-ups of the
-//! jobs it made succeed in its own transaction (SPEC §10).
+//! jobs it made succeed in its own transaction (SPEC §10), and every
+//! terminal path (finish, reap, cancel) writes the subscribed webhook outbox
+//! rows of what it ended (`supervision::record_ended`) in its own as well.
+//! A claim sets the run's `progress_at`; a heartbeat that carries progress
+//! moves it and clears a stall, in the same statement.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -286,6 +290,7 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
         "UPDATE jobs SET state = 'running', epoch = epoch + 1, attempt = attempt + 1, \
            claimed_by = ?, claimed_at = ?, heartbeat_at = ?, heartbeats = ?, heartbeat_count = 0, \
            cancel_requested_at = NULL, progress = NULL, turns = 0, \
+           progress_at = ?, stalled_at = NULL, escalated_at = NULL, \
            lease_expires_at = CASE WHEN ? THEN min(? + max_run_duration_ms, ? + heartbeat_timeout_ms) \
                                    ELSE ? + max_run_duration_ms END \
          WHERE state = 'available' AND id IN ({placeholders})"
@@ -295,6 +300,7 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
         .bind(now)
         .bind(now)
         .bind(p.heartbeats)
+        .bind(now)
         .bind(p.heartbeats)
         .bind(now)
         .bind(now)
@@ -446,11 +452,20 @@ async fn pick_under_caps(
 
 pub(crate) async fn heartbeat(store: &SqliteStore, p: HeartbeatParams) -> Result<HeartbeatAck> {
     let now = store.now_ms();
+    // Progress (SPEC §10): a turn count above the stored one or a note
+    // that differs from the stored one (an executor may resend its last
+    // note on every beat). The CASEs read the row as it was before.
     let row = sqlx::query(
         "UPDATE jobs SET heartbeat_at = ?1, heartbeat_count = heartbeat_count + 1, \
            lease_expires_at = CASE WHEN heartbeats = 1 AND cancel_requested_at IS NULL \
                                    THEN min(claimed_at + max_run_duration_ms, ?1 + heartbeat_timeout_ms) \
                                    ELSE lease_expires_at END, \
+           progress_at = CASE WHEN ?4 > turns OR (?5 IS NOT NULL AND ?5 IS NOT progress) \
+                              THEN ?1 ELSE progress_at END, \
+           stalled_at = CASE WHEN ?4 > turns OR (?5 IS NOT NULL AND ?5 IS NOT progress) \
+                             THEN NULL ELSE stalled_at END, \
+           escalated_at = CASE WHEN ?4 > turns OR (?5 IS NOT NULL AND ?5 IS NOT progress) \
+                               THEN NULL ELSE escalated_at END, \
            turns = coalesce(?4, turns), progress = coalesce(?5, progress) \
          WHERE id = ?2 AND epoch = ?3 AND state = 'running' AND lease_expires_at > ?1 \
          RETURNING lease_expires_at, cancel_requested_at, turns, max_turns",
@@ -634,11 +649,21 @@ pub(crate) async fn finish(store: &SqliteStore, batch: Vec<Finish>) -> Result<Ve
         .cloned()
         .collect();
     let settled = crate::schedule::settle_jobs(store, &mut tx, &ended, now).await?;
+    let failed: Vec<&Job> = answers
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|j| j.state == JobState::Failed)
+        .collect();
+    let outbox = crate::supervision::record_ended(store, &mut tx, &failed, &settled, now).await?;
     let changed = !events.is_empty() || !completed.is_empty();
     events.extend(copied);
     events.extend(followed);
     commit(tx, now, &events).await?;
     emit_settled(&settled);
+    if outbox {
+        store.signals.outbox_changed();
+    }
     if changed {
         store.signals.work_changed();
         store.signals.deadlines_changed();
@@ -908,8 +933,13 @@ pub(crate) async fn cancel(store: &SqliteStore, id: JobId) -> Result<Job> {
     insert_events(&mut tx, now, &events).await?;
     let settled =
         crate::schedule::settle_jobs(store, &mut tx, std::slice::from_ref(&updated), now).await?;
+    let outbox =
+        crate::supervision::record_ended(store, &mut tx, &[&updated], &settled, now).await?;
     commit(tx, now, &events).await?;
     emit_settled(&settled);
+    if outbox {
+        store.signals.outbox_changed();
+    }
     store.signals.deadlines_changed();
     Ok(updated)
 }
@@ -988,8 +1018,13 @@ pub(crate) async fn reap_expired(store: &SqliteStore, limit: u32) -> Result<Vec<
     }
     insert_events(&mut tx, now, &events).await?;
     let settled = crate::schedule::settle_jobs(store, &mut tx, &reaped, now).await?;
+    let ended: Vec<&Job> = reaped.iter().collect();
+    let outbox = crate::supervision::record_ended(store, &mut tx, &ended, &settled, now).await?;
     commit(tx, now, &events).await?;
     emit_settled(&settled);
+    if outbox {
+        store.signals.outbox_changed();
+    }
     store.signals.work_changed();
     store.signals.deadlines_changed();
     Ok(reaped)

@@ -48,12 +48,10 @@ impl Harness for SqliteHarness {
         }
     }
 
-    async fn connect(&self) -> Arc<dyn Store> {
-        let other = Arc::new(
-            SqliteStore::open(&self.opts, StoreConfig::default())
-                .await
-                .expect("open"),
-        );
+    async fn connect_with(&self, config: StoreConfig) -> Arc<dyn Store> {
+        let other = Arc::new(SqliteStore::open(&self.opts, config).await.expect("open"));
+        // A new handle starts where the harness's clock is now.
+        other.advance_clock(self.store.clock_offset());
         self.others.lock().unwrap().push(other.clone());
         other
     }

@@ -30,7 +30,13 @@ pub trait Harness: Send + Sync {
     fn advance(&self, by: Duration);
     /// Another independent handle on the same database, as a second process
     /// would have (its own connections).
-    async fn connect(&self) -> Arc<dyn Store>;
+    async fn connect(&self) -> Arc<dyn Store> {
+        self.connect_with(crate::StoreConfig::default()).await
+    }
+    /// Like [`Harness::connect`], opened with `config` (a process with other
+    /// settings, e.g. webhook subscriptions), its clock where the harness's
+    /// is now.
+    async fn connect_with(&self, config: crate::StoreConfig) -> Arc<dyn Store>;
 }
 
 /// Generates one `#[tokio::test]` per conformance test, each with a fresh
@@ -96,7 +102,16 @@ macro_rules! conformance_suite {
             failures_and_cancels_enqueue_no_follow_up,
             a_refused_completion_enqueues_no_follow_up,
             a_batch_of_successes_enqueues_one_follow_up_each,
-            a_retried_job_enqueues_its_follow_up_once
+            a_retried_job_enqueues_its_follow_up_once,
+            a_silent_run_stalls_once_with_one_supervisor_mail,
+            a_stall_escalates_once_and_writes_a_subscribed_outbox_row,
+            turns_notes_and_checkpoints_are_progress_and_clear_a_stall,
+            a_run_whose_lease_passed_is_reaped_not_stalled,
+            concurrent_supervisors_stall_and_escalate_once,
+            failures_write_job_failed_rows_only_when_subscribed,
+            an_auto_pause_writes_its_row_in_the_settling_transaction,
+            concurrent_delivery_claimers_never_share_a_row,
+            delivery_results_are_fenced_retried_and_pruned
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -3653,5 +3668,651 @@ pub async fn a_retried_job_enqueues_its_follow_up_once(h: &impl Harness) {
     assert_eq!(
         follow[0].payload,
         serde_json::json!({"parent": parent.id, "result": "ok", "payload": null})
+    );
+}
+
+// ---- Supervision and the webhook outbox (SPEC §10) ----
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Supervision at `stall_after = 30m`, `escalate_after = 30m`.
+fn supervision() -> crate::SuperviseParams {
+    crate::SuperviseParams {
+        stall_after: 30 * MINUTE,
+        escalate_after: 30 * MINUTE,
+        limit: 100,
+    }
+}
+
+/// A job whose lease outlives the test's clock moves: only supervision
+/// (never the reaper) may act on it.
+fn long_job(kind: &str) -> NewJob {
+    let mut nj = job(kind);
+    nj.heartbeat_timeout = Some(Duration::from_secs(6 * 3600));
+    nj.max_run_duration = Some(Duration::from_secs(12 * 3600));
+    nj
+}
+
+fn subscribed(events: &[crate::WebhookEvent]) -> crate::StoreConfig {
+    crate::StoreConfig {
+        webhooks: crate::Subscriptions::none().with("ops", events),
+        ..crate::StoreConfig::default()
+    }
+}
+
+async fn events_of(s: &Arc<dyn Store>, id: reeve_core::JobId, kind: EventKind) -> usize {
+    s.job_events(id)
+        .await
+        .expect("events")
+        .iter()
+        .filter(|e| e.event == kind)
+        .count()
+}
+
+/// Every due outbox row, claimed (so a second call sees none of them).
+async fn take_deliveries(s: &Arc<dyn Store>) -> Vec<crate::Delivery> {
+    s.claim_deliveries(1000, Duration::from_secs(3600))
+        .await
+        .expect("claim deliveries")
+}
+
+pub async fn a_silent_run_stalls_once_with_one_supervisor_mail(h: &impl Harness) {
+    let s = h.store();
+    let j = enqueue_one(&s, long_job("agent")).await;
+    let run = claim_one(&s, "w").await;
+    assert_eq!(run.progress_at, run.claimed_at, "a claim is progress");
+    assert_eq!((run.stalled_at, run.escalated_at), (None, None));
+
+    h.advance(29 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert!(pass.stalled.is_empty() && pass.escalated.is_empty());
+    let next = pass.next_in.expect("a live run is on its way to a stall");
+    assert!(
+        next <= MINUTE && next > MINUTE - Duration::from_secs(5),
+        "{next:?}"
+    );
+    // Heartbeats without progress keep the lease but not the run's standing.
+    s.heartbeat(HeartbeatParams {
+        job: j.id,
+        epoch: run.epoch,
+        turns: Some(0),
+        progress: None,
+    })
+    .await
+    .unwrap();
+
+    h.advance(2 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert_eq!(
+        pass.stalled.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [j.id]
+    );
+    let stalled = s.get_job(j.id).await.unwrap();
+    assert_eq!(
+        stalled.state,
+        JobState::Running,
+        "nothing is killed for being slow"
+    );
+    let at = stalled.stalled_at.expect("stalled_at");
+    assert!(
+        at >= stalled.progress_at.unwrap(),
+        "stalled after its last progress"
+    );
+    assert_eq!(stalled.escalated_at, None);
+    let mail = s.read_mail(j.id, false).await.unwrap();
+    assert_eq!(mail.len(), 1, "one supervisor message");
+    assert_eq!(mail[0].sender, crate::supervision::SUPERVISOR);
+    assert!(
+        mail[0].subject.contains("no progress for 31m"),
+        "{}",
+        mail[0].subject
+    );
+    assert_eq!(events_of(&s, j.id, EventKind::Stalled).await, 1);
+    let status = s.status().await.unwrap();
+    assert_eq!((status.stalled, status.escalated), (1, 0));
+
+    // Later passes do not repeat it.
+    for _ in 0..3 {
+        h.advance(MINUTE);
+        let pass = s.supervise(supervision()).await.unwrap();
+        assert!(pass.stalled.is_empty(), "stalled once");
+    }
+    assert_eq!(s.read_mail(j.id, false).await.unwrap().len(), 1);
+    assert_eq!(events_of(&s, j.id, EventKind::Stalled).await, 1);
+    assert_eq!(s.get_job(j.id).await.unwrap().stalled_at, Some(at));
+    // Zero thresholds are refused, naming the field, and change nothing.
+    let bad = crate::SuperviseParams {
+        stall_after: Duration::ZERO,
+        ..supervision()
+    };
+    assert!(matches!(
+        s.supervise(bad).await,
+        Err(StoreError::Input(e)) if e.field == "stall_after"
+    ));
+}
+
+pub async fn a_stall_escalates_once_and_writes_a_subscribed_outbox_row(h: &impl Harness) {
+    let plain = h.store();
+    let s = h
+        .connect_with(subscribed(&[crate::WebhookEvent::Escalation]))
+        .await;
+    let quiet = enqueue_one(&plain, long_job("agent")).await;
+    claim_one(&plain, "w").await;
+    h.advance(31 * MINUTE);
+    // Stalled and escalated through a store that has no webhooks: no row.
+    plain.supervise(supervision()).await.unwrap();
+    h.advance(31 * MINUTE);
+    let pass = plain.supervise(supervision()).await.unwrap();
+    assert_eq!(
+        pass.escalated.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [quiet.id]
+    );
+    assert!(
+        take_deliveries(&s).await.is_empty(),
+        "nobody subscribed there"
+    );
+
+    let j = enqueue_one(&s, long_job("agent")).await;
+    claim_one(&s, "w").await;
+    h.advance(31 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert_eq!(
+        pass.stalled.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [j.id]
+    );
+    assert!(pass.escalated.is_empty(), "the stall has only begun");
+    let next = pass.next_in.expect("on its way to escalation");
+    assert!(next <= 30 * MINUTE, "{next:?}");
+
+    h.advance(29 * MINUTE);
+    assert!(
+        s.supervise(supervision())
+            .await
+            .unwrap()
+            .escalated
+            .is_empty()
+    );
+    h.advance(2 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert_eq!(
+        pass.escalated.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [j.id]
+    );
+    let escalated = s.get_job(j.id).await.unwrap();
+    assert!(escalated.escalated_at.expect("escalated_at") > escalated.stalled_at.unwrap());
+    assert_eq!(events_of(&s, j.id, EventKind::Escalated).await, 1);
+    let rows = take_deliveries(&s).await;
+    assert_eq!(rows.len(), 1, "one row for the one subscriber");
+    assert_eq!(
+        (rows[0].event.as_str(), rows[0].target.as_str()),
+        ("escalation", "ops")
+    );
+    assert_eq!(crate::outbox::body_job_id(&rows[0].body), Some(j.id));
+    let body: serde_json::Value = serde_json::from_str(&rows[0].body).unwrap();
+    assert_eq!(body["event"], "escalation");
+    assert_eq!(body["delivery"], rows[0].delivery.as_str());
+    assert!(body["no_progress_seconds"].as_u64().unwrap() >= 61 * 60);
+    let status = s.status().await.unwrap();
+    assert_eq!((status.stalled, status.escalated), (2, 2));
+
+    h.advance(31 * MINUTE);
+    assert!(
+        s.supervise(supervision())
+            .await
+            .unwrap()
+            .escalated
+            .is_empty()
+    );
+    assert_eq!(events_of(&s, j.id, EventKind::Escalated).await, 1);
+    assert!(take_deliveries(&s).await.is_empty(), "escalated once");
+}
+
+/// Moves the clock past `stall_after`, then `escalate_after`, with a pass
+/// after each: the run stalls, then escalates.
+async fn stall_and_escalate(h: &impl Harness, s: &Arc<dyn Store>, before: &str) {
+    h.advance(31 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert_eq!(pass.stalled.len(), 1, "stalled before {before}");
+    h.advance(31 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert_eq!(pass.escalated.len(), 1, "escalated before {before}");
+}
+
+/// The job's `progress_at`, after checking that its stall was cleared.
+async fn cleared(s: &Arc<dyn Store>, id: reeve_core::JobId, by: &str) -> Timestamp {
+    let job = s.get_job(id).await.unwrap();
+    assert_eq!(
+        (job.stalled_at, job.escalated_at),
+        (None, None),
+        "{by} clears the stall"
+    );
+    job.progress_at.expect("progress_at")
+}
+
+pub async fn turns_notes_and_checkpoints_are_progress_and_clear_a_stall(h: &impl Harness) {
+    let s = h.store();
+    let j = enqueue_one(&s, long_job("agent")).await;
+    let run = claim_one(&s, "w").await;
+    let beat = |turns: Option<i64>, progress: Option<&str>| HeartbeatParams {
+        job: j.id,
+        epoch: run.epoch,
+        turns,
+        progress: progress.map(str::to_string),
+    };
+    let still_stalled = |job: Job| job.stalled_at.is_some() && job.escalated_at.is_some();
+
+    // Turns that went up.
+    h.advance(MINUTE);
+    s.heartbeat(beat(Some(3), None)).await.unwrap();
+    let first = cleared(&s, j.id, "a first turn count").await;
+    assert!(first > run.progress_at.unwrap());
+    stall_and_escalate(h, &s, "turns").await;
+    s.heartbeat(beat(Some(3), None)).await.unwrap();
+    assert!(
+        still_stalled(s.get_job(j.id).await.unwrap()),
+        "the same turn count is no progress"
+    );
+    s.heartbeat(beat(Some(4), Some("reading"))).await.unwrap();
+    let after_turns = cleared(&s, j.id, "a higher turn count").await;
+    assert!(after_turns > first);
+
+    // A new progress note; the same note again is no progress.
+    stall_and_escalate(h, &s, "a note").await;
+    s.heartbeat(beat(Some(4), Some("reading"))).await.unwrap();
+    assert!(
+        still_stalled(s.get_job(j.id).await.unwrap()),
+        "the same note again is no progress"
+    );
+    s.heartbeat(beat(None, Some("writing the patch")))
+        .await
+        .unwrap();
+    let after_note = cleared(&s, j.id, "a new note").await;
+    assert!(after_note > after_turns);
+
+    // A checkpoint.
+    stall_and_escalate(h, &s, "a checkpoint").await;
+    s.save_checkpoint(j.id, run.epoch, b"state".to_vec())
+        .await
+        .unwrap();
+    let after_checkpoint = cleared(&s, j.id, "a checkpoint").await;
+    assert!(after_checkpoint > after_note);
+    // A refused checkpoint (a stale epoch) changes nothing.
+    stall_and_escalate(h, &s, "a refused checkpoint").await;
+    assert!(matches!(
+        s.save_checkpoint(j.id, run.epoch + 1, b"x".to_vec()).await,
+        Err(StoreError::StaleEpoch { .. })
+    ));
+    assert!(still_stalled(s.get_job(j.id).await.unwrap()));
+
+    // It stalls again after progress: each stall mailed once.
+    assert_eq!(s.read_mail(j.id, false).await.unwrap().len(), 4);
+    assert_eq!(events_of(&s, j.id, EventKind::Stalled).await, 4);
+    assert_eq!(events_of(&s, j.id, EventKind::Escalated).await, 4);
+    // The next run starts afresh.
+    s.cancel(j.id).await.unwrap();
+    one(&s, fail(&run, FailureReason::Cancelled)).await.unwrap();
+    s.retry(j.id).await.unwrap();
+    let again = claim_one(&s, "w").await;
+    assert_eq!((again.stalled_at, again.escalated_at), (None, None));
+    assert_eq!(again.progress_at, again.claimed_at);
+}
+
+pub async fn a_run_whose_lease_passed_is_reaped_not_stalled(h: &impl Harness) {
+    let s = h.store();
+    let mut nj = job("agent");
+    nj.max_attempts = 1;
+    nj.max_run_duration = Some(Duration::from_secs(7200));
+    let j = enqueue_one(&s, nj).await; // heartbeat_timeout 90s
+    claim_one(&s, "w").await;
+    h.advance(31 * MINUTE);
+    let pass = s.supervise(supervision()).await.unwrap();
+    assert!(pass.stalled.is_empty(), "its lease passed: the reaper's");
+    assert_eq!(pass.next_in, None, "no live run is on its way");
+    assert!(s.read_mail(j.id, false).await.unwrap().is_empty());
+    let reaped = s.reap_expired(10).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].failure_reason, Some(FailureReason::HeartbeatLost));
+    assert_eq!(reaped[0].stalled_at, None);
+    h.advance(31 * MINUTE);
+    assert!(s.supervise(supervision()).await.unwrap().stalled.is_empty());
+    assert_eq!(events_of(&s, j.id, EventKind::Stalled).await, 0);
+}
+
+pub async fn concurrent_supervisors_stall_and_escalate_once(h: &impl Harness) {
+    let config = subscribed(&[crate::WebhookEvent::Escalation]);
+    let a = h.connect_with(config.clone()).await;
+    let b = h.connect_with(config).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(enqueue_one(&a, long_job("agent")).await.id);
+    }
+    assert_eq!(a.claim(claim("w", 12)).await.unwrap().len(), 12);
+    let race = || async {
+        let (x, y) = tokio::join!(a.supervise(supervision()), b.supervise(supervision()));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        (
+            x.stalled.len() + y.stalled.len(),
+            x.escalated.len() + y.escalated.len(),
+        )
+    };
+    h.advance(31 * MINUTE);
+    let (stalled, _) = race().await;
+    assert_eq!(stalled, 12, "each run stalled by exactly one pass");
+    h.advance(31 * MINUTE);
+    let (_, escalated) = race().await;
+    assert_eq!(escalated, 12, "each stall escalated by exactly one pass");
+    for id in &ids {
+        assert_eq!(a.read_mail(*id, false).await.unwrap().len(), 1, "job {id}");
+        assert_eq!(events_of(&a, *id, EventKind::Stalled).await, 1);
+        assert_eq!(events_of(&a, *id, EventKind::Escalated).await, 1);
+    }
+    let rows = take_deliveries(&a).await;
+    let mut jobs: Vec<_> = rows
+        .iter()
+        .filter_map(|r| crate::outbox::body_job_id(&r.body))
+        .collect();
+    jobs.sort_unstable();
+    assert_eq!(jobs, ids, "one escalation row per run");
+}
+
+pub async fn failures_write_job_failed_rows_only_when_subscribed(h: &impl Harness) {
+    let plain = h.store();
+    let s = h
+        .connect_with(subscribed(&[crate::WebhookEvent::JobFailed]))
+        .await;
+    let final_job = |max_attempts: i32| {
+        let mut nj = job("agent");
+        nj.max_attempts = max_attempts;
+        nj
+    };
+    // Without a subscription, nothing is written.
+    enqueue_one(&plain, final_job(1)).await;
+    let run = claim_one(&plain, "w").await;
+    one(&plain, fail(&run, FailureReason::Error)).await.unwrap();
+    assert!(take_deliveries(&s).await.is_empty());
+
+    // finish: a final reason, and attempts used up.
+    let a = enqueue_one(&s, final_job(3)).await;
+    let run = claim_one(&s, "w").await;
+    one(&s, fail(&run, FailureReason::AuthFailed))
+        .await
+        .unwrap();
+    // A retryable failure and a success write nothing; a refused write-back
+    // (the transition did not happen) neither.
+    let b = enqueue_one(&s, final_job(2)).await;
+    let run_b = claim_one(&s, "w").await;
+    assert_eq!(
+        one(&s, fail(&run_b, FailureReason::ExitCode))
+            .await
+            .unwrap()
+            .state,
+        JobState::Retryable
+    );
+    assert!(
+        one(&s, fail(&run_b, FailureReason::ExitCode))
+            .await
+            .is_err()
+    );
+    let c = enqueue_one(&s, final_job(1)).await;
+    let run_c = claim_one(&s, "w").await;
+    one(&s, succeed(&run_c)).await.unwrap();
+    assert!(one(&s, fail(&run_c, FailureReason::Error)).await.is_err());
+    // release: a worker_shutdown with no attempt left.
+    let d = enqueue_one(&s, final_job(1)).await;
+    let run_d = claim_one(&s, "w").await;
+    one(&s, fail(&run_d, FailureReason::WorkerShutdown))
+        .await
+        .unwrap();
+    // reap: a lost heartbeat with no attempt left.
+    let e = enqueue_one(&s, final_job(1)).await;
+    claim_one(&s, "w").await;
+    h.advance(Duration::from_secs(91));
+    assert_eq!(s.reap_expired(10).await.unwrap().len(), 1);
+    // A reaped cancel ends `cancelled`, not `failed`.
+    let f = enqueue_one(&s, final_job(1)).await;
+    claim_one(&s, "w").await;
+    s.cancel(f.id).await.unwrap();
+    h.advance(Duration::from_secs(3600));
+    let reaped = s.reap_expired(10).await.unwrap();
+    assert_eq!(reaped[0].state, JobState::Cancelled);
+
+    let rows = take_deliveries(&s).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.event == "job_failed" && r.target == "ops")
+    );
+    let mut jobs: Vec<_> = rows
+        .iter()
+        .filter_map(|r| crate::outbox::body_job_id(&r.body))
+        .collect();
+    jobs.sort_unstable();
+    assert_eq!(
+        jobs,
+        [a.id, d.id, e.id],
+        "b retried, c succeeded, f cancelled"
+    );
+    let _ = (b, c);
+    let body: serde_json::Value = serde_json::from_str(
+        &rows
+            .iter()
+            .find(|r| crate::outbox::body_job_id(&r.body) == Some(a.id))
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(body["job"]["failure_reason"], "auth_failed");
+    assert_eq!(body["job"]["state"], "failed");
+}
+
+pub async fn an_auto_pause_writes_its_row_in_the_settling_transaction(h: &impl Harness) {
+    let plain = h.store();
+    let s = h
+        .connect_with(subscribed(&[crate::WebhookEvent::ScheduleAutoPaused]))
+        .await;
+    let now = s.now().await.unwrap();
+    let later = Timestamp(now.0 + 600_000);
+    // Paused through a store without webhooks: no row.
+    plain
+        .put_schedule(put_new("quiet", "qq", Some(later)))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let job = fire_and_claim(&plain, "quiet", "qq", Timestamp(now.0 + i)).await;
+        one(&plain, fail(&job, FailureReason::AuthFailed))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        plain.get_schedule("quiet").await.unwrap().status,
+        ScheduleStatus::Paused
+    );
+    assert!(take_deliveries(&s).await.is_empty());
+
+    // Two failures by finish, the third by the reaper: one row, with the
+    // pause (no job_failed row: nobody subscribed to it).
+    s.put_schedule(put_new("st", "qs", Some(later)))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let job = fire_and_claim(&s, "st", "qs", Timestamp(now.0 + i)).await;
+        one(&s, fail(&job, FailureReason::AuthFailed))
+            .await
+            .unwrap();
+        assert!(take_deliveries(&s).await.is_empty(), "not paused yet");
+    }
+    let third = fire_and_claim(&s, "st", "qs", Timestamp(now.0 + 2)).await;
+    assert_eq!(third.max_attempts, 3);
+    // A reaped run with attempts left is retryable, not a streak; run it
+    // out of attempts by the reaper.
+    let mut last = third;
+    loop {
+        h.advance(Duration::from_secs(3600));
+        let reaped = s.reap_expired(10).await.unwrap();
+        assert_eq!(reaped.len(), 1);
+        if reaped[0].state == JobState::Failed {
+            break;
+        }
+        h.advance(Duration::from_secs(3600));
+        s.promote_due(10).await.unwrap();
+        last = s.claim(claim_from("qs")).await.unwrap().remove(0);
+    }
+    let _ = last;
+    let rec = s.get_schedule("st").await.unwrap();
+    assert_eq!(rec.status, ScheduleStatus::Paused);
+    let rows = take_deliveries(&s).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].event, "schedule_auto_paused");
+    let body: serde_json::Value = serde_json::from_str(&rows[0].body).unwrap();
+    assert_eq!(body["schedule"]["name"], "st");
+    assert_eq!(
+        body["schedule"]["reason"],
+        rec.paused_reason.unwrap().as_str()
+    );
+    assert_eq!(
+        body["job"]["failure_reason"], "timeout",
+        "reaped past its hard cap"
+    );
+}
+
+pub async fn concurrent_delivery_claimers_never_share_a_row(h: &impl Harness) {
+    let config = subscribed(&[crate::WebhookEvent::JobFailed]);
+    let s = h.connect_with(config.clone()).await;
+    let mut nj = job("agent");
+    nj.max_attempts = 1;
+    let n = 40;
+    s.enqueue((0..n).map(|_| nj.clone()).collect())
+        .await
+        .unwrap();
+    let runs = s.claim(claim("w", n)).await.unwrap();
+    s.finish(runs.iter().map(|r| fail(r, FailureReason::Error)).collect())
+        .await
+        .unwrap();
+    let mut claimers = Vec::new();
+    for _ in 0..3 {
+        let store = h.connect_with(config.clone()).await;
+        claimers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store
+                    .claim_deliveries(3, Duration::from_secs(600))
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|d| (d.id, d.attempt)));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    assert_eq!(all.len(), n as usize, "every row claimed");
+    let ids: BTreeSet<i64> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), n as usize, "no row claimed twice");
+    assert!(all.iter().all(|(_, attempt)| *attempt == 1));
+    // Claimed rows are not due until their lease passes; then they are again.
+    assert!(take_deliveries(&s).await.is_empty());
+    h.advance(Duration::from_secs(601));
+    let again = take_deliveries(&s).await;
+    assert_eq!(again.len(), n as usize, "an abandoned claim comes back");
+    assert!(again.iter().all(|d| d.attempt == 2));
+}
+
+pub async fn delivery_results_are_fenced_retried_and_pruned(h: &impl Harness) {
+    let s = h
+        .connect_with(subscribed(&[crate::WebhookEvent::JobFailed]))
+        .await;
+    assert_eq!(s.next_delivery_in().await.unwrap(), None);
+    let mut nj = job("agent");
+    nj.max_attempts = 1;
+    for _ in 0..3 {
+        enqueue_one(&s, nj.clone()).await;
+        let run = claim_one(&s, "w").await;
+        one(&s, fail(&run, FailureReason::Error)).await.unwrap();
+    }
+    assert_eq!(s.next_delivery_in().await.unwrap(), Some(Duration::ZERO));
+    let rows = take_deliveries(&s).await;
+    assert_eq!(rows.len(), 3);
+    let (ok, retry, dead) = (&rows[0], &rows[1], &rows[2]);
+    // Fenced on the attempt number.
+    assert!(
+        !s.record_delivery(ok.id, ok.attempt + 1, crate::DeliveryOutcome::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.record_delivery(ok.id, ok.attempt, crate::DeliveryOutcome::Delivered)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.record_delivery(ok.id, ok.attempt, crate::DeliveryOutcome::Delivered)
+            .await
+            .unwrap(),
+        "recorded once"
+    );
+    let after = Duration::from_secs(120);
+    assert!(
+        s.record_delivery(
+            retry.id,
+            retry.attempt,
+            crate::DeliveryOutcome::Retry {
+                after,
+                error: "HTTP 500".into()
+            }
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.record_delivery(
+            dead.id,
+            dead.attempt,
+            crate::DeliveryOutcome::GiveUp {
+                error: "HTTP 410".into()
+            }
+        )
+        .await
+        .unwrap()
+    );
+    let next = s
+        .next_delivery_in()
+        .await
+        .unwrap()
+        .expect("the retry waits");
+    assert!(
+        next <= after && next > after - Duration::from_secs(5),
+        "{next:?}"
+    );
+    assert!(take_deliveries(&s).await.is_empty(), "not due yet");
+    h.advance(after);
+    let again = take_deliveries(&s).await;
+    assert_eq!(
+        again.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(),
+        [(retry.id, 2)],
+        "only the retry comes back: delivered and abandoned rows are done"
+    );
+    assert_eq!(again[0].body, retry.body, "the same bytes on every attempt");
+    assert_eq!(again[0].delivery, retry.delivery);
+    // Pruning takes finished rows past the retention only.
+    assert_eq!(
+        s.prune_deliveries(Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    h.advance(Duration::from_secs(7200));
+    assert_eq!(
+        s.prune_deliveries(Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.next_delivery_in().await.unwrap(),
+        Some(Duration::ZERO),
+        "the claimed retry is left"
     );
 }

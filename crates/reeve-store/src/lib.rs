@@ -28,18 +28,22 @@ pub mod fleet;
 pub mod leader;
 pub mod log;
 pub mod operator;
+pub mod outbox;
 pub mod schedule;
 pub mod settle;
+pub mod supervision;
 pub mod transition;
 
 pub use fleet::{Checkpoint, Mail, NewMail, NewWorker, WorkerRecord};
 pub use leader::{Leadership, SoleLeader};
 pub use operator::{AuditRecord, CapacityFull, NewAudit, Pressure};
+pub use outbox::{Delivery, DeliveryOutcome, NewDelivery, Subscriptions, WebhookEvent};
 pub use schedule::{
     DeferParams, DeferResult, FireParams, FireResult, FiringOutcome, FiringQuery, FiringRecord,
     NextFire, SchedulePut, ScheduleRecord,
 };
 pub use settle::StreakPolicy;
+pub use supervision::{SuperviseParams, Supervised};
 
 /// Errors of the store: domain refusals (nothing changed) and infrastructure
 /// failures.
@@ -224,6 +228,13 @@ pub struct Limits {
 pub struct StatusCounts {
     pub by_state: std::collections::BTreeMap<String, u64>,
     pub running: u64,
+    /// Running runs the supervisor found without progress (SPEC §10),
+    /// escalated ones included.
+    #[serde(default)]
+    pub stalled: u64,
+    /// Running runs whose stall was escalated.
+    #[serde(default)]
+    pub escalated: u64,
 }
 
 /// Output kept for one run.
@@ -245,6 +256,9 @@ pub struct StoreConfig {
     pub cancel_grace: Duration,
     /// When failure streaks auto-pause a schedule.
     pub streaks: StreakPolicy,
+    /// Which webhooks receive which events: the store writes outbox rows
+    /// for subscribed events only, in the transaction of the change.
+    pub webhooks: Subscriptions,
 }
 
 impl Default for StoreConfig {
@@ -255,6 +269,7 @@ impl Default for StoreConfig {
             retry: reeve_core::RetryPolicy::default(),
             cancel_grace: Duration::from_secs(15),
             streaks: StreakPolicy::default(),
+            webhooks: Subscriptions::none(),
         }
     }
 }
@@ -287,17 +302,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` available jobs in priority order, skipping paused
     /// queues, and never letting the running count exceed the global cap or a
-    /// queue's cap. Claiming nothing is a normal outcome.
+    /// queue's cap. Claiming nothing is a normal outcome. A claim is the
+    /// run's first progress (`progress_at`; no stall).
     async fn claim(&self, params: ClaimParams) -> Result<Vec<Job>>;
 
     /// Extends the lease of a running run. Refused (nothing changes) when the
-    /// epoch is stale, the run is over, or its lease has already passed.
+    /// epoch is stale, the run is over, or its lease has already passed. A
+    /// turn count above the stored one, or a progress note that differs from
+    /// the stored one, is progress (SPEC §10): `progress_at` moves to now and
+    /// a stall is cleared, in the same statement.
     async fn heartbeat(&self, params: HeartbeatParams) -> Result<HeartbeatAck>;
 
     /// Ends runs: each element is fenced on its own and answered on its own;
     /// the batch shares one transaction. A job that succeeds and names an
     /// `on_success` follow-up has it enqueued in that same transaction
-    /// ([`transition::follow_up`], SPEC §10); failures enqueue nothing.
+    /// ([`transition::follow_up`], SPEC §10); failures enqueue nothing. The
+    /// subscribed outbox rows of the jobs that reach `failed` and of the
+    /// schedules their ends auto-pause ([`outbox::ended`]) are written in
+    /// that transaction too, as they are by [`Store::reap_expired`] and
+    /// [`Store::cancel`].
     async fn finish(&self, batch: Vec<Finish>) -> Result<Vec<Result<Job>>>;
 
     /// Cancels a job. A waiting job is cancelled at once; a running one gets
@@ -462,7 +485,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_workers(&self, limit: u32, keep_gone: Duration) -> Result<Vec<WorkerRecord>>;
 
     /// Saves the latest checkpoint of a running job, fenced on `epoch`
-    /// (`StaleEpoch` / `NotRunning` otherwise, nothing changed).
+    /// (`StaleEpoch` / `NotRunning` otherwise, nothing changed). A saved
+    /// checkpoint is progress: `progress_at` moves to now and a stall is
+    /// cleared, in the same transaction.
     async fn save_checkpoint(&self, job: JobId, epoch: i64, data: Vec<u8>) -> Result<Checkpoint>;
 
     /// The job's latest checkpoint, if any (`NotFound` if no such job).
@@ -478,6 +503,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many of the job's messages are unread.
     async fn unread_mail(&self, job: JobId) -> Result<u64>;
+
+    /// One supervision pass (SPEC §10, [`supervision`]): stalls the live
+    /// running runs without progress for `stall_after` (each with a
+    /// supervisor mail and a `stalled` event), then escalates the stalls
+    /// older than `escalate_after` (an `escalated` event and the subscribed
+    /// outbox rows). Each step is one transaction that applies only to rows
+    /// still unstalled (unescalated), so concurrent passes act once.
+    async fn supervise(&self, params: SuperviseParams) -> Result<Supervised>;
+
+    /// Claims up to `limit` due outbox rows in one atomic statement: they
+    /// are not due again for `lease` and their attempt count goes up, so no
+    /// other claimer takes them meanwhile.
+    async fn claim_deliveries(&self, limit: u32, lease: Duration) -> Result<Vec<Delivery>>;
+
+    /// Records the result of a claimed attempt, fenced on its number; false
+    /// when the row is no longer that attempt's (its lease passed and it was
+    /// claimed again, or it is gone).
+    async fn record_delivery(
+        &self,
+        id: i64,
+        attempt: i32,
+        outcome: DeliveryOutcome,
+    ) -> Result<bool>;
+
+    /// Time until the next outbox row is due (`Some(ZERO)` if one is),
+    /// `None` when nothing is pending.
+    async fn next_delivery_in(&self) -> Result<Option<Duration>>;
+
+    /// Deletes delivered and abandoned outbox rows written more than
+    /// `older_than` ago, at most `batch` per call; returns how many.
+    async fn prune_deliveries(&self, older_than: Duration, batch: u32) -> Result<u64>;
 }
 
 /// See [`Store::finished_stats`].
@@ -519,6 +575,8 @@ pub struct Signals {
     /// A deadline may now be earlier than the engine's sleep: a claim (new
     /// lease), a delayed enqueue, a retry backoff, a cancel request.
     pub deadlines: tokio::sync::watch::Sender<u64>,
+    /// This process wrote outbox rows: the webhook delivery may have work.
+    pub outbox: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Signals {
@@ -526,6 +584,7 @@ impl Default for Signals {
         Signals {
             work: tokio::sync::watch::Sender::new(0),
             deadlines: tokio::sync::watch::Sender::new(0),
+            outbox: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -537,5 +596,9 @@ impl Signals {
 
     pub fn deadlines_changed(&self) {
         self.deadlines.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn outbox_changed(&self) {
+        self.outbox.send_modify(|v| *v = v.wrapping_add(1));
     }
 }

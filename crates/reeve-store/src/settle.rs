@@ -23,7 +23,7 @@
 //!   when it succeeds (streaks reset, next fire time after now), and leaves
 //!   it paused, saying so, when it fails.
 
-use reeve_core::{FailureReason, Job, JobState, Timestamp};
+use reeve_core::{FailureReason, Job, JobId, JobState, Timestamp};
 use reeve_schedule::ScheduleStatus;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,8 @@ pub fn ledger_end(job: &Job, now: i64) -> LedgerEnd {
 /// What settling one job does to its schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
+    /// The job whose end this is.
+    pub job_id: JobId,
     pub generic_streak: i32,
     pub budget_streak: i32,
     pub status: ScheduleStatus,
@@ -138,6 +140,7 @@ pub fn settle(
     now: Timestamp,
 ) -> Settlement {
     let mut s = Settlement {
+        job_id: job.id,
         generic_streak: record.generic_streak,
         budget_streak: record.budget_streak,
         status: record.status,

@@ -133,6 +133,9 @@ pub fn materialize(config: &StoreConfig, nj: NewJob, now: i64) -> Job {
         schedule: nj.schedule,
         nominal_at: nj.nominal_at,
         on_success: nj.on_success,
+        progress_at: None,
+        stalled_at: None,
+        escalated_at: None,
     }
 }
 

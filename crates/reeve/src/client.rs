@@ -712,6 +712,23 @@ fn render_job_list(page: &Value) -> String {
     out
 }
 
+/// The line that flags a running run the supervisor found without progress
+/// (SPEC §10), `None` for any other job.
+fn supervision_flag(job: &Value, now: Timestamp) -> Option<String> {
+    if job["state"] != "running" || job["stalled_at"].is_null() {
+        return None;
+    }
+    let what = if job["escalated_at"].is_null() {
+        "STALLED"
+    } else {
+        "ESCALATED"
+    };
+    Some(format!(
+        "{what}: no progress since {} (the supervisor mailed the run)",
+        when(&job["progress_at"], now)
+    ))
+}
+
 /// `jobs show`: the job's fields, its events, and the tail of its output.
 fn render_job(job: &Value, events: &Value, output: &Value, now: Timestamp) -> String {
     let at = |key: &str| when(&job[key], now);
@@ -762,12 +779,19 @@ fn render_job(job: &Value, events: &Value, output: &Value, now: Timestamp) -> St
         ("payload", compact("payload")),
         ("turns", turns),
         ("progress", text(&job["progress"])),
+        ("progress_at", at("progress_at")),
+        ("stalled_at", at("stalled_at")),
+        ("escalated_at", at("escalated_at")),
         ("result", compact("result")),
         ("cancel_requested_at", at("cancel_requested_at")),
         ("created_at", at("created_at")),
         ("finished_at", at("finished_at")),
     ];
-    let mut out = key_values(&pairs);
+    let mut out = String::new();
+    if let Some(flag) = supervision_flag(job, now) {
+        let _ = writeln!(out, "{flag}\n");
+    }
+    out.push_str(&key_values(&pairs));
 
     out.push_str("\nevents:\n");
     let rows: Vec<Vec<String>> = items(events)
@@ -1179,6 +1203,14 @@ fn render_status(s: &Value) -> String {
             ),
         ),
         (
+            "stalled",
+            format!(
+                "{} ({} escalated)",
+                s["stalled"].as_u64().unwrap_or(0),
+                s["escalated"].as_u64().unwrap_or(0)
+            ),
+        ),
+        (
             "executor",
             format!(
                 "{}/{} slots busy; claimed {}, finished {}, reaped {}, refused write-backs {}, heartbeats {}",
@@ -1480,8 +1512,36 @@ mod tests {
         assert!(out.contains("enqueued"), "{out}");
         assert!(out.contains("output (tail, live):\nline 11\n"), "{out}");
         assert!(!out.contains("line 10\n"), "{out}");
+        assert!(out.starts_with("id:"), "no flag without a stall: {out}");
         let out = render_job(&json!(null), &json!(null), &json!(null), now);
         assert!(out.contains("output (stored): none"), "{out}");
+    }
+
+    #[test]
+    fn job_show_flags_a_stalled_or_escalated_run() {
+        let now = Timestamp::parse("2026-01-01T01:00:00Z").unwrap();
+        let mut job = json!({
+            "id": 12, "state": "running", "progress_at": "2026-01-01T00:10:00.000Z",
+            "stalled_at": "2026-01-01T00:40:00.000Z", "escalated_at": null,
+        });
+        let out = render_job(&job, &json!([]), &json!(null), now);
+        assert!(
+            out.starts_with("STALLED: no progress since 2026-01-01T00:10:00.000Z"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{:<22}2026-01-01T00:40:00.000Z", "stalled_at:")),
+            "{out}"
+        );
+        job["escalated_at"] = json!("2026-01-01T00:55:00.000Z");
+        let out = render_job(&job, &json!([]), &json!(null), now);
+        assert!(out.starts_with("ESCALATED: "), "{out}");
+        job["state"] = json!("failed");
+        let out = render_job(&job, &json!([]), &json!(null), now);
+        assert!(
+            out.starts_with("id:"),
+            "a finished run is not flagged: {out}"
+        );
     }
 
     #[test]
@@ -1497,6 +1557,14 @@ mod tests {
         });
         let out = render_status(&s);
         assert!(out.contains("running:   2 (global limit: none)\n"), "{out}");
+        assert!(out.contains("stalled:   0 (0 escalated)\n"), "{out}");
+        let mut flagged = s.clone();
+        flagged["stalled"] = json!(3);
+        flagged["escalated"] = json!(1);
+        assert!(
+            render_status(&flagged).contains("stalled:   3 (1 escalated)\n"),
+            "{out}"
+        );
         assert!(out.contains("executor:  2/8 slots busy;"), "{out}");
         let scheduled = out.find("scheduled  0").unwrap();
         let available = out.find("available  5").unwrap();

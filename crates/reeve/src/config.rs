@@ -42,6 +42,39 @@ pub struct RawConfig {
     /// `token_file`), with the kinds and queues it may claim.
     #[serde(default)]
     pub worker_tokens: Vec<RawWorkerToken>,
+    #[serde(default)]
+    pub supervision: RawSupervision,
+    /// Webhooks (`[[webhooks]]`), each with its secret by reference.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// `[supervision]`: stall detection and escalation (SPEC §10).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupervision {
+    /// `false` turns stall detection off (default on).
+    pub enabled: Option<bool>,
+    #[serde(default, with = "human_duration::option")]
+    pub stall_after: Option<Duration>,
+    #[serde(default, with = "human_duration::option")]
+    pub escalate_after: Option<Duration>,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Names the webhook in the outbox and in log lines (default
+    /// `webhook-N`, its position from 1).
+    pub name: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The HMAC secret, by reference only: an environment variable…
+    pub secret_env: Option<String>,
+    /// …or a file.
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +197,10 @@ pub struct Config {
     pub pressure_max_defer: Duration,
     pub ledger_retention: Duration,
     pub worker_tokens: Vec<reeve_api::tokens::WorkerToken>,
+    /// Stall detection and escalation; `None` when `[supervision]` turns
+    /// it off.
+    pub supervision: Option<reeve_store::SuperviseParams>,
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,8 +314,17 @@ impl Config {
             .map(|l| l.spec)
             .collect();
         let worker_tokens = worker_tokens(&raw.worker_tokens, admin_token.as_deref())?;
+        let supervision = supervision(&raw.supervision)?;
+        let webhooks = webhooks(&raw.webhooks)?;
+        store.webhooks = webhooks
+            .iter()
+            .fold(reeve_store::Subscriptions::none(), |subs, hook| {
+                subs.with(hook.name.clone(), &hook.events)
+            });
         Ok(Config {
             worker_tokens,
+            supervision,
+            webhooks,
             schedules,
             pressure_delay,
             pressure_max_defer,
@@ -391,6 +437,83 @@ fn worker_tokens(
             token,
             kinds: w.kinds.clone(),
             queues: w.queues.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// `[supervision]`, validated: durations greater than zero, or off.
+fn supervision(raw: &RawSupervision) -> anyhow::Result<Option<reeve_store::SuperviseParams>> {
+    let mut params = reeve_store::SuperviseParams::default();
+    for (key, value, slot) in [
+        (
+            "supervision.stall_after",
+            raw.stall_after,
+            &mut params.stall_after,
+        ),
+        (
+            "supervision.escalate_after",
+            raw.escalate_after,
+            &mut params.escalate_after,
+        ),
+    ] {
+        match value {
+            Some(Duration::ZERO) => bail!(
+                "{key}: must be greater than zero (to turn supervision off, set supervision.enabled = false)"
+            ),
+            Some(d) => *slot = d,
+            None => {}
+        }
+    }
+    Ok(raw.enabled.unwrap_or(true).then_some(params))
+}
+
+/// The `[[webhooks]]`, each with its secret read from its reference.
+fn webhooks(raw: &[RawWebhook]) -> anyhow::Result<Vec<crate::webhooks::Webhook>> {
+    let mut out: Vec<crate::webhooks::Webhook> = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let key = format!("webhooks[{i}]");
+        let name = w
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("webhook-{}", i + 1));
+        reeve_core::validate::name(&format!("{key}.name"), &name)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if out.iter().any(|o| o.name == name) {
+            bail!("{key}.name: another webhook is named {name:?}");
+        }
+        let url =
+            crate::webhooks::parse_url(&w.url).map_err(|e| anyhow::anyhow!("{key}.url: {e}"))?;
+        if w.events.is_empty() {
+            bail!(
+                "{key}.events: name at least one of escalation, schedule_auto_paused, job_failed"
+            );
+        }
+        let mut events = Vec::new();
+        for event in &w.events {
+            let event: reeve_store::WebhookEvent = event
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("{key}.events: {e}"))?;
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        let secret = match (&w.secret_env, &w.secret_file) {
+            (Some(var), None) => std::env::var(var)
+                .with_context(|| format!("{key}.secret_env: the variable {var} is not set"))?,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("{key}.secret_file: cannot read {}", file.display()))?,
+            _ => bail!("{key}: give exactly one of secret_env or secret_file"),
+        };
+        let secret = secret.trim().to_string();
+        if secret.len() < 16 {
+            bail!("{key}: the secret must be at least 16 characters");
+        }
+        out.push(crate::webhooks::Webhook {
+            name,
+            url,
+            events,
+            secret: crate::webhooks::Secret::new(secret),
         });
     }
     Ok(out)
@@ -522,6 +645,105 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin token"), "{e}");
+    }
+
+    #[test]
+    fn supervision_defaults_and_bad_values_are_named() {
+        let c = parse("").unwrap();
+        let s = c.supervision.expect("on by default");
+        assert_eq!(
+            (s.stall_after, s.escalate_after),
+            (Duration::from_secs(1800), Duration::from_secs(1800))
+        );
+        let c = parse("[supervision]\nstall_after = \"10m\"\nescalate_after = \"1h\"\n").unwrap();
+        let s = c.supervision.unwrap();
+        assert_eq!(
+            (s.stall_after, s.escalate_after),
+            (Duration::from_secs(600), Duration::from_secs(3600))
+        );
+        assert!(
+            parse("[supervision]\nenabled = false\n")
+                .unwrap()
+                .supervision
+                .is_none()
+        );
+        for key in ["stall_after", "escalate_after"] {
+            let e = parse(&format!("[supervision]\n{key} = \"0s\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("supervision.{key}")), "{e}");
+        }
+        let e = parse("[supervision]\nstall_after = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stall_after"), "{e}");
+        let e = parse("[supervision]\nstall = \"5m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stall"), "{e}");
+    }
+
+    #[test]
+    fn webhooks_take_their_secret_by_reference_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef-secret\n").unwrap();
+        let hook = |extra: &str| {
+            format!(
+                "[[webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_file = {:?}\n{extra}",
+                secret.display().to_string()
+            )
+        };
+        let c = parse(&hook("events = [\"escalation\", \"job_failed\"]\n")).unwrap();
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].name, "webhook-1");
+        assert_eq!(
+            c.webhooks[0].secret.sign(b"x"),
+            crate::webhooks::Secret::new("0123456789abcdef-secret".into()).sign(b"x")
+        );
+        assert!(
+            !format!("{:?}", c.webhooks).contains("0123456789abcdef"),
+            "the secret never shows"
+        );
+        let subs = &c.store.webhooks;
+        assert!(subs.wants(reeve_store::WebhookEvent::Escalation));
+        assert!(subs.wants(reeve_store::WebhookEvent::JobFailed));
+        assert!(!subs.wants(reeve_store::WebhookEvent::ScheduleAutoPaused));
+        assert!(
+            parse("").unwrap().store.webhooks.is_empty(),
+            "no webhooks, no rows"
+        );
+
+        let bad = |text: String, key: &str| {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        };
+        bad(hook("events = [\"job_done\"]\n"), "webhooks[0].events");
+        bad(hook("events = [\"job_done\"]\n"), "job_done");
+        bad(hook("events = []\n"), "webhooks[0].events");
+        bad(
+            hook("events = [\"job_failed\"]\n").replace("http://", "https://"),
+            "webhooks[0].url",
+        );
+        bad(
+            "[[webhooks]]\nurl = \"http://h/x\"\nevents = [\"job_failed\"]\n".into(),
+            "secret_env or secret_file",
+        );
+        bad(
+            "[[webhooks]]\nurl = \"http://h/x\"\nevents = [\"job_failed\"]\nsecret = \"plain\"\n"
+                .into(),
+            "secret",
+        );
+        bad(
+            "[[webhooks]]\nurl = \"http://h/x\"\nevents = [\"job_failed\"]\nsecret_env = \"REEVE_TEST_UNSET_WEBHOOK_SECRET\"\n".into(),
+            "webhooks[0].secret_env",
+        );
+        let two = format!(
+            "{}name = \"ops\"\n{}name = \"ops\"\n",
+            hook("events = [\"job_failed\"]\n"),
+            hook("events = [\"job_failed\"]\n")
+        );
+        bad(two, "webhooks[1].name");
     }
 
     #[test]

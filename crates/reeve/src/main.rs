@@ -10,6 +10,7 @@ mod config;
 mod database;
 mod schedule_files;
 mod serve;
+mod webhooks;
 mod worker;
 
 use clap::Parser;

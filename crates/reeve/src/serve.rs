@@ -1,8 +1,9 @@
 //! `reeve serve`: opens the store, applies the configured limits and queues,
-//! starts the engine with the process executor, and serves the HTTP API until
-//! SIGTERM or Ctrl-C. Shutdown order: stop accepting requests, then the
-//! engine (stop claiming, let runs finish up to the grace, release the rest),
-//! then close the store.
+//! starts the engine with the process executor and the webhook delivery
+//! task, and serves the HTTP API until SIGTERM or Ctrl-C. Shutdown order:
+//! stop accepting requests, then the engine (stop claiming, let runs finish
+//! up to the grace, release the rest), then the webhook delivery (after the
+//! attempts in flight), then close the store.
 
 use std::sync::Arc;
 
@@ -148,7 +149,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     engine_config.pressure_max_defer = config.pressure_max_defer;
     engine_config.firing_retention = config.ledger_retention;
     engine_config.output_limit = config.output_limit;
+    engine_config.supervision = config.supervision;
+    engine_config.delivery_retention = config.retention;
     let engine = Engine::start(store.clone(), engine_config, handlers);
+    // Always running, so that rows left for a webhook no longer configured
+    // are given up (with a warning) instead of waiting forever.
+    let deliverer = crate::webhooks::spawn(
+        store.clone(),
+        config.webhooks.clone(),
+        crate::webhooks::Policy::default(),
+    );
 
     let state = AppState {
         store: store.clone(),
@@ -167,6 +177,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         slots = config.slots,
         kinds = config.kinds.len(),
         auth = config.admin_token.is_some(),
+        supervision = config.supervision.is_some(),
+        webhooks = config.webhooks.len(),
         "reeve listening"
     );
     axum::serve(listener, reeve_api::router_with(state, reeve_web::routes()))
@@ -178,6 +190,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         "shutting down"
     );
     engine.shutdown(config.shutdown_grace).await;
+    // After the engine: its last write-backs may have written outbox rows.
+    deliverer.shutdown().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)

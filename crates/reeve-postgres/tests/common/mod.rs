@@ -126,8 +126,13 @@ impl TestDb {
 
     /// A store on this schema, as another process would open it.
     pub async fn open(&self) -> Arc<PostgresStore> {
+        self.open_with(StoreConfig::default()).await
+    }
+
+    /// Like [`TestDb::open`], with settings of its own.
+    pub async fn open_with(&self, config: StoreConfig) -> Arc<PostgresStore> {
         Arc::new(
-            PostgresStore::open_with(self.opts.clone(), StoreConfig::default())
+            PostgresStore::open_with(self.opts.clone(), config)
                 .await
                 .expect("open the PostgreSQL store"),
         )

@@ -12,7 +12,7 @@ use reeve_core::{EventKind, JobFilter, JobId, JobState};
 use serde::Deserialize;
 
 use crate::html::{action, badge, esc, esc_trunc, section, table, url, when};
-use crate::pages::{heartbeat_tone, job_link, lease_bar, schedule_link, turns};
+use crate::pages::{heartbeat_tone, job_link, lease_bar, schedule_link, supervision_flag, turns};
 use crate::{Page, PageError, PageResult};
 
 /// Jobs per page.
@@ -150,9 +150,10 @@ pub async fn detail(
     let mail = store.read_mail(id, false).await?;
 
     let mut main = format!(
-        "<h1>Job #{} {}</h1><p class=\"sub\">{} in queue {}{}</p>",
+        "<h1>Job #{} {}{}</h1><p class=\"sub\">{} in queue {}{}</p>",
         job.id,
         badge(job.state.as_str()),
+        supervision_flag(&job, now),
         esc(&job.kind),
         esc(&job.queue),
         job.schedule.as_deref().map_or(String::new(), |s| format!(
@@ -201,6 +202,7 @@ pub async fn detail(
         ("claimed", when(job.claimed_at, now)),
         ("turns", turns(&job)),
         ("progress", esc(job.progress.as_deref().unwrap_or("—"))),
+        ("last progress", when(job.progress_at, now)),
         ("finished", when(job.finished_at, now)),
         (
             "failure",
@@ -234,6 +236,19 @@ pub async fn detail(
             ),
         ));
         kv.push(("lease", lease_bar(&job, now)));
+        if let Some(stalled) = job.stalled_at {
+            let escalated = job.escalated_at.map_or(String::new(), |at| {
+                format!(", escalated {}", when(Some(at), now))
+            });
+            kv.push((
+                "supervision",
+                format!(
+                    "<span class=\"warn-text\">no progress since {}: stalled {}{escalated}</span> (the supervisor mailed the run)",
+                    when(job.progress_at, now),
+                    when(Some(stalled), now)
+                ),
+            ));
+        }
         if job.cancel_requested_at.is_some() {
             kv.push((
                 "cancel",

@@ -89,6 +89,32 @@ pub(crate) fn turns(job: &Job) -> String {
     }
 }
 
+/// The badge of a running run the supervisor found without progress
+/// (`escalated` over `stalled`, SPEC §10), empty for any other job.
+pub(crate) fn supervision_flag(job: &Job, now: Timestamp) -> String {
+    if job.state != reeve_core::JobState::Running || job.stalled_at.is_none() {
+        return String::new();
+    }
+    let name = if job.escalated_at.is_some() {
+        "escalated"
+    } else {
+        "stalled"
+    };
+    let since = job
+        .progress_at
+        .map_or("its claim".to_string(), |t| t.to_string());
+    let silent = job
+        .progress_at
+        .map(|t| crate::html::ms(Some(now.0.saturating_sub(t.0))))
+        .unwrap_or_default();
+    format!(
+        "<span title=\"no progress for {} (since {})\">{}</span>",
+        esc(&silent),
+        esc(&since),
+        crate::html::badge(name)
+    )
+}
+
 /// A link to a job's page.
 pub(crate) fn job_link(id: i64) -> String {
     format!("<a href=\"/jobs/{id}\">#{id}</a>")

@@ -1,4 +1,5 @@
-//! `/`: what runs now and how alive it is, what waits and why, the caps,
+//! `/`: what runs now and how alive it is (stalled and escalated runs
+//! flagged), what waits and why, the caps,
 //! pressure, schedules needing attention, the next firings and recent
 //! failures. Refreshes itself every two seconds.
 
@@ -10,7 +11,7 @@ use reeve_schedule::ScheduleStatus;
 use reeve_store::QueueInfo;
 
 use crate::html::{badge, esc, section, table, when};
-use crate::pages::{heartbeat_tone, job_link, lease_bar, schedule_link, turns};
+use crate::pages::{heartbeat_tone, job_link, lease_bar, schedule_link, supervision_flag, turns};
 use crate::{Page, PageResult, svg};
 
 /// Why the available jobs of a queue are not running.
@@ -79,13 +80,24 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
                 format!("<span class=\"hb {tone}\" title=\"heartbeat age against a timeout of {}\">{}</span>", crate::html::ms(Some(reeve_core::time::duration_millis(j.heartbeat_timeout))), esc(&age)),
                 lease_bar(j, now),
                 turns(j),
-                if j.cancel_requested_at.is_some() { badge("cancel_requested") } else { String::new() },
+                [
+                    if j.cancel_requested_at.is_some() { badge("cancel_requested") } else { String::new() },
+                    supervision_flag(j, now),
+                ]
+                .concat(),
             ]
         })
         .collect();
+    let mut heading = format!("Running now ({})", counts.running);
+    if counts.stalled > 0 {
+        heading.push_str(&format!(
+            " · {} stalled, {} escalated",
+            counts.stalled, counts.escalated
+        ));
+    }
     main.push_str(&section(
         "running",
-        &format!("Running now ({})", counts.running),
+        &heading,
         &table(
             &[
                 "job",
