@@ -29,7 +29,7 @@ case "$mode" in
       --fault-switches skip_fencing --expect-violations --out target/chaos/no-fencing
     ;;
   report)
-    "$bin" run --seed 2026 --calm 60s --duration 10m --per-kind 100 --out target/chaos/report
+    "$bin" run --seed 2026 --calm 60s --duration 10m --per-kind 100 --workers 4 --out target/chaos/report
     ;;
   soak)
     "$bin" run --seed "${SEED:-$(date +%s)}" --calm 60s --duration "${2:-30m}" --out target/chaos/soak

@@ -38,6 +38,13 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   fi
 fi
 
+# The chaos run's packet-loss fault uses iptables' statistic match in the
+# worker namespaces when the kernel has no netem.
+if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq iptables >/dev/null 2>&1 \
+    || echo "could not install iptables; the chaos run's packet loss will be skipped and say so"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -49,6 +56,16 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The chaos harness: a short fixed-seed run under faults, then a run with
+# fencing switched off that the checker must catch (scripts/chaos.sh).
+if [ "$status" = 0 ]; then
+  echo "== chaos"
+  set +e
+  bash scripts/chaos.sh ci 2>&1 | tee -a "$log"
+  chaos=${PIPESTATUS[0]}
+  set -e
+  [ "$chaos" = 0 ] || status=$chaos
+fi
 # One closing line for the whole run: the sum over every test binary.
 passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$log" | awk '{s+=$1} END {print s+0}')

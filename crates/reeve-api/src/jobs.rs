@@ -465,6 +465,9 @@ pub(crate) async fn fail_run(state: &AppState, id: JobId, req: FailRequest) -> A
 /// Output kept from a remote run's report (its tail).
 const MAX_REPORTED_OUTPUT: usize = 1024 * 1024;
 
+/// One fenced write-back. A test build may abort right after it committed
+/// and before answering (`fault::CRASH_AFTER_FINISH_COMMIT`): the executor
+/// then never learns the outcome, which must stay written exactly once.
 async fn finish_one(
     state: &AppState,
     job: JobId,
@@ -485,5 +488,9 @@ async fn finish_one(
             output,
         }])
         .await?;
-    Ok(single(answers)??)
+    let answer = single(answers)?;
+    if answer.is_ok() {
+        reeve_core::fault::abort_if(reeve_core::fault::CRASH_AFTER_FINISH_COMMIT);
+    }
+    Ok(answer?)
 }

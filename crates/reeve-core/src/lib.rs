@@ -7,10 +7,13 @@
 //!
 //! **Architecture invariant:** no I/O lives here. `reeve-core` knows nothing
 //! of sqlx, axum or processes; it is pure data and pure functions, so every
-//! rule in it is testable without a database.
+//! rule in it is testable without a database. The one exception is
+//! [`fault`], the test-only fault switches, which read the environment and
+//! can abort the process only in builds with the `fault-injection` feature.
 
 pub mod event;
 pub mod failure;
+pub mod fault;
 pub mod job;
 pub mod retry;
 pub mod time;

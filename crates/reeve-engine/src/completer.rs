@@ -3,6 +3,8 @@
 //! transaction), each element fenced on its own epoch, and answers each run.
 //! A transient database error is retried with backoff, never dropped: a
 //! finished run's outcome is not lost because the database blinked.
+//! (Test builds can abort right after that transaction commits:
+//! `reeve_core::fault::CRASH_AFTER_FINISH_COMMIT`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,9 @@ async fn run(
         loop {
             match store.finish(finishes.clone()).await {
                 Ok(answers) => {
+                    if answers.iter().any(Result::is_ok) {
+                        reeve_core::fault::abort_if(reeve_core::fault::CRASH_AFTER_FINISH_COMMIT);
+                    }
                     backoff.reset();
                     for ((_, reply), answer) in batch.into_iter().zip(answers) {
                         let _ = reply.send(answer);

@@ -1,7 +1,7 @@
 //! `reeve worker`: the reference remote worker. It registers with a daemon,
 //! long-polls for jobs of its kinds, runs each with the process executor on
 //! this machine, heartbeats for its children, and writes back with each
-//! run's job token.
+//! run's job token. It speaks the protocol through `reeve_worker::Client`.
 //!
 //! **Invariants.**
 //! - It runs only jobs a claim answer confirmed; a claim whose answer was
@@ -24,13 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use reeve_core::{Job, JobId};
+use reeve_core::{FailureReason, Job, JobId};
 use reeve_engine::Run;
 use reeve_engine::process::ProcessHandler;
 use reeve_engine::reeve_exec::{CancellationToken, OutputBuffer, Report, RunLimits};
 use reeve_store::Outcome;
-use reqwest::Method;
-use serde_json::{Value, json};
+use reeve_worker::{Client, Complete, Error, Fail, Registration, RunBeat, RunStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -76,102 +75,40 @@ impl Active {
     }
 }
 
-/// The daemon, over HTTP, with retries while it is away.
-#[derive(Clone)]
-struct Daemon {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+/// Retries `call` with backoff while the daemon is away (or until
+/// `give_up` passes, or `stop`): its answer, or `None` when it never came.
+async fn retrying<T, F, Fut>(
+    mut call: F,
+    give_up: Option<Instant>,
+    stop: &CancellationToken,
+) -> Option<Result<T, Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "the daemon is away; retrying")
+            }
+            answer => return Some(answer),
+        }
+        if give_up.is_some_and(|g| Instant::now() + delay > g) {
+            return None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
-/// What an answer was, when it was one.
-enum Answer {
-    Ok(Value),
-    /// The daemon refused (4xx): status and body.
-    Refused(u16, Value),
-}
-
-impl Daemon {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<Answer, String> {
-        self.call_within(
-            method,
-            path,
-            bearer,
-            body,
-            CLAIM_WAIT + Duration::from_secs(20),
-        )
-        .await
-    }
-
-    /// One request that gives up after `limit` (a daemon that stopped
-    /// answering must not hold a heartbeat past a lease).
-    async fn call_within(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<&Value>,
-        limit: Duration,
-    ) -> Result<Answer, String> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(limit);
-        if let Some(t) = bearer.or(self.token.as_deref()) {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach {}: {e}", self.base))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("reading {path}: {e}"))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        match status {
-            200..=299 => Ok(Answer::Ok(value)),
-            400..=499 => Ok(Answer::Refused(status, value)),
-            _ => Err(format!("{path}: the daemon answered {status}")),
-        }
-    }
-
-    /// Retries `call` with backoff until it answers (or `give_up` passes).
-    async fn call_retrying(
-        &self,
-        method: Method,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<&Value>,
-        give_up: Option<Instant>,
-        stop: &CancellationToken,
-    ) -> Option<Answer> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.call(method.clone(), path, bearer, body).await {
-                Ok(a) => return Some(a),
-                Err(e) => tracing::warn!(error = %e, "the daemon is away; retrying"),
-            }
-            if give_up.is_some_and(|g| Instant::now() + delay > g) {
-                return None;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.cancelled() => return None,
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
+/// A refusal's message, for the log.
+fn refusal(e: &Error) -> String {
+    e.refusal()
+        .map_or_else(|| e.to_string(), |r| r.message.clone())
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -220,13 +157,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
         },
         base.clone(),
     ));
-    let daemon = Daemon {
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?,
-        base,
-        token,
-    };
+    let mut client = Client::new(&base).map_err(|e| anyhow::anyhow!("--url: {e}"))?;
+    if let Some(token) = token {
+        client = client.with_token(token);
+    }
+    // Bounds every request but the claims (their own wait plus this).
+    let client = client.with_timeout(Duration::from_secs(20));
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok());
@@ -242,10 +178,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
             .map(str::to_string)
             .collect()
     });
-    let registration = json!({
-        "name": name, "host": host, "kinds": kinds, "queues": queues, "labels": args.labels,
-        "slots": args.slots, "heartbeats": true, "version": env!("CARGO_PKG_VERSION"),
-    });
+    let registration = Registration {
+        name,
+        host,
+        kinds,
+        queues,
+        labels: args.labels.clone(),
+        slots: args.slots,
+        heartbeats: true,
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+    };
 
     let shutdown = CancellationToken::new();
     {
@@ -266,23 +208,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let never = CancellationToken::new();
-    // Registration is retried while the daemon is away (call_retrying).
-    let worker_id = match daemon
-        .call_retrying(
-            Method::POST,
-            "/v1/workers/register",
-            None,
-            Some(&registration),
-            None,
-            &shutdown,
-        )
-        .await
-    {
-        Some(Answer::Ok(v)) => v["worker"]["id"].as_str().unwrap_or_default().to_string(),
-        Some(Answer::Refused(status, v)) => bail!(
-            "registration refused ({status}): {}",
-            v["message"].as_str().unwrap_or("")
-        ),
+    // Registration is retried while the daemon is away.
+    let worker_id = match retrying(|| client.register(&registration), None, &shutdown).await {
+        Some(Ok(registered)) => registered.worker.id,
+        Some(Err(e)) => bail!("registration refused: {e}"),
         None => return Ok(std::process::ExitCode::SUCCESS),
     };
     tracing::info!(target: "reeve::worker", event = "worker_started", worker = %worker_id, slots = args.slots);
@@ -292,7 +221,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
     // Heartbeats for every run, and the local lease deadlines.
     let beat_stop = CancellationToken::new();
     let beats = tokio::spawn(heartbeats(
-        daemon.clone(),
+        client.clone(),
         worker_id.clone(),
         active.clone(),
         beat_stop.clone(),
@@ -309,18 +238,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
             }
             continue;
         }
-        let body = json!({ "limit": free, "wait_ms": CLAIM_WAIT.as_millis() as u64 });
-        let path = format!("/v1/workers/{worker_id}/claim");
+        let limit = free.min(100) as u32;
         let answer = tokio::select! {
-            a = daemon.call_retrying(Method::POST, &path, None, Some(&body), None, &shutdown) => a,
+            a = retrying(|| client.claim(&worker_id, limit, CLAIM_WAIT), None, &shutdown) => a,
             _ = shutdown.cancelled() => None,
         };
         let runs = match answer {
-            Some(Answer::Ok(v)) => v["runs"].as_array().cloned().unwrap_or_default(),
-            Some(Answer::Refused(status, v)) => {
+            Some(Ok(runs)) => runs,
+            Some(Err(e)) => {
                 tracing::error!(
-                    status,
-                    message = v["message"].as_str().unwrap_or(""),
+                    status = e.refusal().map(|r| r.status),
+                    message = refusal(&e),
                     "claim refused; stopping"
                 );
                 break;
@@ -328,12 +256,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
             None => break,
         };
         for r in runs {
-            let Ok(job) = serde_json::from_value::<Job>(r["job"].clone()) else {
-                tracing::error!("a claimed job could not be read; its lease will pass");
-                continue;
-            };
-            let token = r["token"].as_str().unwrap_or_default().to_string();
-            let has_checkpoint = r["checkpoint"].as_bool().unwrap_or(false);
+            let (job, token, has_checkpoint) = (r.job, r.token, r.checkpoint);
             let a = Arc::new(Active {
                 epoch: job.epoch,
                 token: token.clone(),
@@ -344,8 +267,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
                 progress: Mutex::new(None),
             });
             active.lock().expect("active").insert(job.id, a.clone());
-            let (daemon, handler, active, done) = (
-                daemon.clone(),
+            let (client, handler, active, done) = (
+                client.clone(),
                 handler.clone(),
                 active.clone(),
                 done_tx.clone(),
@@ -353,7 +276,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
             let never = never.clone();
             tokio::spawn(async move {
                 let id = job.id;
-                run_one(&daemon, &handler, job, &a, has_checkpoint, &never).await;
+                run_one(&client, &handler, job, &a, has_checkpoint, &never).await;
                 active.lock().expect("active").remove(&id);
                 let _ = done.send(id);
             });
@@ -375,11 +298,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     beat_stop.cancel();
     let _ = beats.await;
-    let path = format!("/v1/workers/{worker_id}/deregister");
     let give_up = Some(Instant::now() + Duration::from_secs(10));
-    let _ = daemon
-        .call_retrying(Method::POST, &path, None, None, give_up, &never)
-        .await;
+    let _ = retrying(|| client.deregister(&worker_id), give_up, &never).await;
     tracing::info!(target: "reeve::worker", event = "worker_stopped", worker = %worker_id);
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -411,7 +331,7 @@ async fn watchdog(active: Arc<Mutex<HashMap<JobId, Arc<Active>>>>, stop: Cancell
 /// Heartbeats all runs every second (well within any lease), each attempt
 /// bounded, and stops the runs the daemon says are no longer theirs.
 async fn heartbeats(
-    daemon: Daemon,
+    client: Client,
     worker: String,
     active: Arc<Mutex<HashMap<JobId, Arc<Active>>>>,
     stop: CancellationToken,
@@ -429,53 +349,51 @@ async fn heartbeats(
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let body = json!({ "runs": runs.iter().map(|(id, a)| json!({
-            "job": id, "epoch": a.epoch,
-            "turns": *a.turns.lock().expect("turns"),
-            "progress": a.progress.lock().expect("progress").clone(),
-        })).collect::<Vec<_>>() });
+        let beats: Vec<RunBeat> = runs
+            .iter()
+            .map(|(id, a)| RunBeat {
+                job: *id,
+                epoch: a.epoch,
+                turns: *a.turns.lock().expect("turns"),
+                progress: a.progress.lock().expect("progress").clone(),
+            })
+            .collect();
         let sent = Instant::now();
-        let answer = daemon
-            .call_within(
-                Method::POST,
-                &format!("/v1/workers/{worker}/heartbeat"),
-                None,
-                Some(&body),
-                Duration::from_secs(2),
-            )
+        let answer = client
+            .with_timeout(Duration::from_secs(2))
+            .heartbeat(&worker, &beats)
             .await;
         match answer {
-            Ok(Answer::Ok(v)) => {
-                for r in v["runs"].as_array().into_iter().flatten() {
-                    let Some(id) = r["job"].as_i64() else {
+            Ok(answers) => {
+                for r in answers {
+                    let Some((_, a)) = runs.iter().find(|(j, _)| *j == r.job) else {
                         continue;
                     };
-                    let Some((_, a)) = runs.iter().find(|(j, _)| *j == id) else {
-                        continue;
-                    };
-                    match r["status"].as_str() {
-                        Some("ok") => {
-                            let left = r["lease_remaining_ms"].as_i64().unwrap_or(0).max(0) as u64;
+                    match r.status {
+                        RunStatus::Ok => {
+                            let left = r.lease_remaining_ms.unwrap_or(0).max(0) as u64;
                             *a.deadline.lock().expect("deadline") =
                                 sent + Duration::from_millis(left);
                         }
-                        Some("cancel_requested") => a.stop(Stop::Cancelled),
-                        Some("turn_limit_exceeded") => a.stop(Stop::Ended),
-                        _ => a.stop(Stop::LeaseLost),
+                        RunStatus::CancelRequested => a.stop(Stop::Cancelled),
+                        RunStatus::TurnLimitExceeded => a.stop(Stop::Ended),
+                        RunStatus::LeaseLost => a.stop(Stop::LeaseLost),
                     }
                 }
             }
-            Ok(Answer::Refused(status, v)) => {
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "heartbeat did not get through")
+            }
+            Err(e) => {
                 tracing::error!(
-                    status,
-                    message = v["message"].as_str().unwrap_or(""),
+                    status = e.refusal().map(|r| r.status),
+                    message = refusal(&e),
                     "heartbeat refused; the runs' leases will be treated as lost"
                 );
                 for (_, a) in &runs {
                     a.stop(Stop::LeaseLost);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat did not get through"),
         }
     }
 }
@@ -483,25 +401,18 @@ async fn heartbeats(
 /// Uploads each new checkpoint of a run (the latest one when several came
 /// meanwhile), each attempt bounded, until the run ends.
 async fn upload_checkpoints(
-    daemon: Daemon,
+    client: Client,
     job: JobId,
+    epoch: i64,
     token: String,
     mut latest: tokio::sync::watch::Receiver<Option<Vec<u8>>>,
 ) {
+    let client = client.with_timeout(Duration::from_secs(2));
     while latest.changed().await.is_ok() {
         let Some(bytes) = latest.borrow_and_update().clone() else {
             continue;
         };
-        let url = format!("{}/v1/jobs/{job}/checkpoint", daemon.base);
-        let sent = daemon
-            .http
-            .put(url)
-            .bearer_auth(&token)
-            .timeout(Duration::from_secs(2))
-            .body(bytes)
-            .send()
-            .await;
-        if let Err(e) = sent {
+        if let Err(e) = client.save_checkpoint(job, epoch, &token, bytes).await {
             tracing::warn!(job, error = %e, "checkpoint not uploaded");
         }
     }
@@ -510,7 +421,7 @@ async fn upload_checkpoints(
 /// Runs one claimed job to its end and writes the outcome back with its
 /// job token, unless the run is no longer ours.
 async fn run_one(
-    daemon: &Daemon,
+    client: &Client,
     handler: &ProcessHandler,
     job: Job,
     a: &Arc<Active>,
@@ -522,14 +433,7 @@ async fn run_one(
     let dir = tempfile::tempdir().ok();
     if has_checkpoint
         && let Some(dir) = &dir
-        && let Ok(resp) = daemon
-            .http
-            .get(format!("{}/v1/jobs/{id}/checkpoint", daemon.base))
-            .bearer_auth(&a.token)
-            .send()
-            .await
-        && resp.status().is_success()
-        && let Ok(bytes) = resp.bytes().await
+        && let Ok(Some(bytes)) = client.load_checkpoint(id, &a.token).await
     {
         let path = dir.path().join("checkpoint");
         if std::fs::write(&path, &bytes).is_ok() {
@@ -550,8 +454,9 @@ async fn run_one(
     // kill from reaching the child.
     let (checkpoint_tx, checkpoint_rx) = tokio::sync::watch::channel::<Option<Vec<u8>>>(None);
     let uploader = tokio::spawn(upload_checkpoints(
-        daemon.clone(),
+        client.clone(),
         id,
+        a.epoch,
         a.token.clone(),
         checkpoint_rx,
     ));
@@ -596,55 +501,66 @@ async fn run_one(
     let _ = tokio::time::timeout(Duration::from_secs(5), uploader).await;
     let cause = *a.cause.lock().expect("cause");
     let tail = String::from_utf8_lossy(&output.tail(OUTPUT_LIMIT)).into_owned();
-    let (path, body) = match (cause, outcome) {
+    let write = match (cause, outcome) {
         (Some(Stop::LeaseLost | Stop::Ended | Stop::Shutdown), _) => {
             tracing::info!(job = id, cause = ?cause, "stopped; nothing written back");
             return;
         }
-        (Some(Stop::Cancelled), _) => (
-            "fail",
-            json!({"epoch": a.epoch, "reason": "cancelled", "error": "cancelled by an operator", "output": tail}),
+        (Some(Stop::Cancelled), _) => WriteBack::Fail(
+            FailureReason::Cancelled,
+            Some("cancelled by an operator".into()),
         ),
         (None, Outcome::Succeeded { .. }) => match failure {
             // The run named its failure but exited 0: its word wins.
-            Some((reason, error)) => (
-                "fail",
-                json!({"epoch": a.epoch, "reason": reason, "error": error, "output": tail}),
-            ),
-            None => (
-                "complete",
-                json!({"epoch": a.epoch, "result": result, "output": tail}),
-            ),
+            Some((reason, error)) => WriteBack::Fail(reason, error),
+            None => WriteBack::Complete(result),
         },
         (None, Outcome::Failed { reason, error }) => {
             let (reason, error) = failure.unwrap_or((reason, error));
-            (
-                "fail",
-                json!({"epoch": a.epoch, "reason": reason, "error": error, "output": tail}),
-            )
+            WriteBack::Fail(reason, error)
         }
     };
     // Write back while the lease may still be ours.
     let give_up = Some(*a.deadline.lock().expect("deadline") + Duration::from_secs(5));
-    let url = format!("/v1/jobs/{id}/{path}");
-    match daemon
-        .call_retrying(
-            Method::POST,
-            &url,
-            Some(&a.token),
-            Some(&body),
-            give_up,
-            never,
-        )
-        .await
-    {
-        Some(Answer::Ok(_)) => {
-            tracing::info!(target: "reeve::worker", event = "written_back", job = id, epoch = a.epoch, outcome = path)
+    let (epoch, token, output) = (a.epoch, a.token.as_str(), Some(tail));
+    let outcome = match &write {
+        WriteBack::Complete(_) => "complete",
+        WriteBack::Fail(..) => "fail",
+    };
+    let answer = retrying(
+        || async {
+            match &write {
+                WriteBack::Complete(result) => {
+                    let body = Complete {
+                        epoch,
+                        result: result.clone(),
+                        output: output.clone(),
+                    };
+                    client.complete(id, token, &body).await
+                }
+                WriteBack::Fail(reason, error) => {
+                    let body = Fail {
+                        epoch,
+                        reason: *reason,
+                        error: error.clone(),
+                        output: output.clone(),
+                    };
+                    client.fail(id, token, &body).await
+                }
+            }
+        },
+        give_up,
+        never,
+    )
+    .await;
+    match answer {
+        Some(Ok(_)) => {
+            tracing::info!(target: "reeve::worker", event = "written_back", job = id, epoch, outcome)
         }
-        Some(Answer::Refused(status, v)) => tracing::warn!(
+        Some(Err(e)) => tracing::warn!(
             job = id,
-            status,
-            error = v["error"].as_str().unwrap_or(""),
+            status = e.refusal().map(|r| r.status),
+            error = e.refusal().map_or("", |r| r.code.as_str()),
             "write-back refused (the run is no longer ours)"
         ),
         None => tracing::warn!(
@@ -652,4 +568,10 @@ async fn run_one(
             "write-back did not get through before the lease passed"
         ),
     }
+}
+
+/// What a finished run reports.
+enum WriteBack {
+    Complete(Option<serde_json::Value>),
+    Fail(FailureReason, Option<String>),
 }

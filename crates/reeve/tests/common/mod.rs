@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod browser;
+pub mod pg;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_reeve");
 
@@ -82,6 +83,58 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         d
+    }
+
+    /// Spawns `reeve serve` on `db_url` with extra environment, without
+    /// waiting for it (see [`Daemon::wait_up`]); its stdout goes to
+    /// `{name}.log`, its stderr to `{name}.err`.
+    pub fn spawn(
+        dir: &Path,
+        name: &str,
+        db_url: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let port = free_port();
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .arg("--db")
+            .arg(db_url)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("REEVE_LOG", "info")
+            .env_remove("REEVE_ADMIN_TOKEN")
+            .env_remove("REEVE_FAULTS")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .expect("spawn reeve serve");
+        Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// Waits until the daemon answers `/healthz` (true) or its process
+    /// ended (false).
+    pub fn wait_up(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if get(&format!("{}/healthz", self.url)).is_some() {
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill9(&mut self) {
