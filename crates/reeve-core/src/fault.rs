@@ -21,6 +21,13 @@
 /// answer.
 pub const CRASH_AFTER_FINISH_COMMIT: &str = "crash_after_finish_commit";
 
+/// Write-backs skip their epoch and state fence: a stale executor's
+/// completion or failure applies as if it still held the run. It exists so
+/// the chaos harness can show that its checker catches a fencing bug; the
+/// fences it switches off are `reeve_store::transition::fence` (every
+/// failure write-back, both backends) and PostgreSQL's completion statement.
+pub const SKIP_FENCING: &str = "skip_fencing";
+
 /// Whether the fault `name` is switched on for this process.
 #[cfg(feature = "fault-injection")]
 pub fn active(name: &str) -> bool {
