@@ -68,6 +68,10 @@ pub struct EngineConfig {
     pub run_env: Option<RunEnv>,
     /// Firing ledger rows older than this are pruned.
     pub firing_retention: Duration,
+    /// This executor's placement labels (`key=value`, validated by the
+    /// caller): it claims pinned jobs whose requirements are all among them,
+    /// and with none only unpinned jobs (SPEC §6).
+    pub labels: Vec<String>,
 }
 
 pub const DEFAULT_SLOTS: u32 = 8;
@@ -91,6 +95,7 @@ impl EngineConfig {
             pressure_max_defer: DEFAULT_PRESSURE_MAX_DEFER,
             run_env: None,
             firing_retention: DEFAULT_RETENTION,
+            labels: Vec::new(),
         }
     }
 }

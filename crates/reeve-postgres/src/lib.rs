@@ -80,6 +80,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "follow_ups",
         include_str!("../migrations/0005_follow_ups.sql"),
     ),
+    (
+        7,
+        "placement",
+        include_str!("../migrations/0007_placement.sql"),
+    ),
 ];
 
 /// The database's clock in milliseconds since the epoch, plus the offset

@@ -20,7 +20,7 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
     unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
-    schedule, nominal_at, on_success";
+    schedule, nominal_at, on_success, requires";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -95,6 +95,7 @@ pub fn job_from_row(row: &PgRow) -> Result<Job> {
         schedule: col(row, 31)?,
         nominal_at: ts(col(row, 32)?),
         on_success: json("on_success", col(row, 33)?)?,
+        requires: json("requires", col(row, 34)?)?.unwrap_or_default(),
     })
 }
 

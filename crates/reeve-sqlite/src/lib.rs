@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "follow_ups",
         include_str!("../migrations/0005_follow_ups.sql"),
     ),
+    (
+        7,
+        "placement",
+        include_str!("../migrations/0007_placement.sql"),
+    ),
 ];
 
 /// How the backend opens its file.

@@ -12,7 +12,7 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
     unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
-    schedule, nominal_at, on_success";
+    schedule, nominal_at, on_success, requires";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -42,6 +42,7 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
     let command: Option<String> = row.get(23);
     let idempotency_key: Option<String> = row.get(21);
     let on_success: Option<String> = row.get(33);
+    let requires: Option<String> = row.get(34);
     Ok(Job {
         id,
         queue: row.get(1),
@@ -88,6 +89,10 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
         on_success: on_success
             .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("on_success", e)))
             .transpose()?,
+        requires: requires
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("requires", e)))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -142,7 +147,7 @@ pub const JOB_JSON: &str = "json_object('id', id, 'queue', queue, 'kind', kind, 
     'command', json(command), 'max_turns', max_turns, 'turns', turns, 'progress', progress, \
     'result', json(result), 'cancel_requested_at', cancel_requested_at, 'created_at', created_at, \
     'finished_at', finished_at, 'schedule', schedule, 'nominal_at', nominal_at, \
-    'on_success', json(on_success))";
+    'on_success', json(on_success), 'requires', json(requires))";
 
 /// The shape of [`JOB_JSON`].
 #[derive(serde::Deserialize)]
@@ -181,6 +186,7 @@ struct JobJson {
     schedule: Option<String>,
     nominal_at: Option<i64>,
     on_success: Option<FollowUp>,
+    requires: Option<Vec<String>>,
 }
 
 /// Parses a `json_group_array` of [`JOB_JSON`] objects.
@@ -229,6 +235,7 @@ pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
                 schedule: r.schedule,
                 nominal_at: ts(r.nominal_at),
                 on_success: r.on_success,
+                requires: r.requires.unwrap_or_default(),
             })
         })
         .collect()

@@ -140,6 +140,11 @@ pub struct ClaimParams {
     /// Whether the executor heartbeats (SPEC §4): if not, the lease is only
     /// `claimed_at + max_run_duration`.
     pub heartbeats: bool,
+    /// The claimer's placement labels (SPEC §6): a job is taken only when
+    /// its `requires` are all among them
+    /// ([`reeve_core::placement::satisfies`]); with none, only jobs without
+    /// requirements are taken.
+    pub labels: Vec<String>,
 }
 
 /// A heartbeat for one run, optionally carrying progress reports.
@@ -286,8 +291,10 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `limit` available jobs in priority order, skipping paused
-    /// queues, and never letting the running count exceed the global cap or a
-    /// queue's cap. Claiming nothing is a normal outcome.
+    /// queues and jobs whose requirements the claimer's labels do not meet
+    /// (so a pinned job never holds back the jobs behind it), and never
+    /// letting the running count exceed the global cap or a queue's cap.
+    /// Claiming nothing is a normal outcome.
     async fn claim(&self, params: ClaimParams) -> Result<Vec<Job>>;
 
     /// Extends the lease of a running run. Refused (nothing changes) when the
