@@ -173,11 +173,23 @@ pub(crate) async fn list(
     Ok(Json(state.store.list_jobs(filter).await?))
 }
 
+/// A job as `GET /v1/jobs/{id}` answers it: with what a waiting pinned job
+/// waits for, when no live worker can take it.
+#[derive(Debug, Serialize)]
+pub(crate) struct JobView {
+    #[serde(flatten)]
+    job: Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<String>,
+}
+
 pub(crate) async fn get_job(
     State(state): State<AppState>,
     JobIdParam(id): JobIdParam,
-) -> ApiResult<Json<Job>> {
-    Ok(Json(state.store.get_job(id).await?))
+) -> ApiResult<Json<JobView>> {
+    let job = state.store.get_job(id).await?;
+    let waiting_for = crate::workers::waiting_for(&state, &job).await?;
+    Ok(Json(JobView { job, waiting_for }))
 }
 
 pub(crate) async fn events(

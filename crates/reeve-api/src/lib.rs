@@ -40,6 +40,7 @@ mod workers;
 
 pub use runs::{Percentiles, build_forecast};
 pub use schedules::{ApplyResponse, ChangedSchedule, CollisionWarning, apply_specs};
+pub use workers::waiting_for;
 
 use std::fmt;
 use std::sync::Arc;
@@ -82,6 +83,12 @@ pub struct ApiConfig {
     pub job_tokens: tokens::JobTokens,
     /// Largest checkpoint accepted. Default 1 MiB.
     pub max_checkpoint_bytes: usize,
+    /// A registered worker silent for longer than this is stale: no longer
+    /// counted as live. Default: the default heartbeat timeout.
+    pub worker_stale_after: std::time::Duration,
+    /// Placement labels of this daemon's own executor, which can take the
+    /// pinned jobs they satisfy (empty when it runs nothing).
+    pub executor_labels: Vec<String>,
 }
 
 impl ApiConfig {
@@ -107,6 +114,8 @@ impl Default for ApiConfig {
             worker_tokens: Vec::new(),
             job_tokens: tokens::JobTokens::new(None),
             max_checkpoint_bytes: reeve_store::fleet::DEFAULT_MAX_CHECKPOINT_BYTES,
+            worker_stale_after: reeve_core::job::DEFAULT_HEARTBEAT_TIMEOUT,
+            executor_labels: Vec::new(),
         }
     }
 }
@@ -122,6 +131,8 @@ impl fmt::Debug for ApiConfig {
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("worker_tokens", &self.worker_tokens)
             .field("max_checkpoint_bytes", &self.max_checkpoint_bytes)
+            .field("worker_stale_after", &self.worker_stale_after)
+            .field("executor_labels", &self.executor_labels)
             .finish()
     }
 }

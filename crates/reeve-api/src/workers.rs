@@ -9,7 +9,9 @@
 //! which epoch it is. Deregistering releases the worker's runs at once
 //! (`worker_shutdown`, retried). A worker that stops heartbeating is reaped
 //! after `heartbeat_timeout` counted from its claim; one that registered as
-//! not heartbeating is bounded by `max_run_duration` only.
+//! not heartbeating is bounded by `max_run_duration` only. A claim passes
+//! the registration's labels, so a worker takes only the pinned jobs whose
+//! requirements it meets; [`waiting_for`] says when no live worker does.
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use reeve_core::{FailureReason, Job, JobId};
+use reeve_core::{FailureReason, Job, JobId, JobState};
 use reeve_store::{ClaimParams, KindFilter, NewMail, NewWorker, Store, WorkerRecord};
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +89,8 @@ fn within(field: &str, asked: Vec<String>, allowed: &[String]) -> ApiResult<Vec<
 #[derive(Debug, Serialize)]
 pub(crate) struct Registered {
     worker: WorkerRecord,
-    /// How often to heartbeat: a third of the default heartbeat timeout.
+    /// How often to heartbeat: a third of the staleness bound (the default
+    /// heartbeat timeout), at most 10 s.
     heartbeat_interval_ms: u64,
 }
 
@@ -111,12 +114,7 @@ pub(crate) async fn register(
         reeve_core::validate::name(&format!("queues[{i}]"), q)?;
     }
     for (i, l) in req.labels.iter().enumerate() {
-        if !l
-            .split_once('=')
-            .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
-        {
-            return Err(ApiError::input(format!("labels[{i}]"), "must be key=value"));
-        }
+        reeve_core::placement::label(&format!("labels[{i}]"), l)?;
     }
     let (kinds, queues) = match &principal {
         Principal::Worker { kinds, queues, .. } => (
@@ -142,11 +140,13 @@ pub(crate) async fn register(
         })
         .await?;
     tracing::info!(target: "reeve::worker", event = "worker_registered", worker = %worker.id, name = %worker.worker.name);
+    // Often enough that a live worker never looks stale.
+    let interval = (state.config.worker_stale_after / 3).min(Duration::from_secs(10));
     Ok((
         StatusCode::CREATED,
         Json(Registered {
             worker,
-            heartbeat_interval_ms: 10_000,
+            heartbeat_interval_ms: interval.as_millis() as u64,
         }),
     ))
 }
@@ -227,6 +227,7 @@ pub(crate) async fn claim(
         },
         limit,
         heartbeats: worker.worker.heartbeats,
+        labels: worker.worker.labels.clone(),
     };
     let deadline = tokio::time::Instant::now() + wait;
     let mut work = state.store.signals().work.subscribe();
@@ -429,8 +430,42 @@ pub(crate) struct FleetEntry {
     #[serde(flatten)]
     worker: WorkerRecord,
     running: u64,
-    /// Not seen for longer than the default heartbeat timeout.
+    /// Not seen for longer than the staleness bound (the default heartbeat
+    /// timeout).
     stale: bool,
+}
+
+/// Most registrations read to find a live worker for a pinned job. They
+/// come latest seen first, so every live one precedes every stale one.
+const LIVE_SCAN: u32 = 1000;
+
+/// What a waiting pinned job waits for (SPEC §6): when the job is
+/// `available`, `scheduled` or `retryable` with requirements, and neither a
+/// live worker (registered, not deregistered, not stale) nor this daemon's
+/// own executor has all of its labels, `a worker with device=alice-mac`.
+/// `None` otherwise. Costs nothing for an unpinned job; one indexed read of
+/// the registrations for a pinned one.
+pub async fn waiting_for(state: &AppState, job: &Job) -> reeve_store::Result<Option<String>> {
+    use reeve_core::placement::{self, satisfies};
+    let waiting = matches!(
+        job.state,
+        JobState::Available | JobState::Scheduled | JobState::Retryable
+    );
+    if !waiting
+        || job.requires.is_empty()
+        || satisfies(&state.config.executor_labels, &job.requires)
+    {
+        return Ok(None);
+    }
+    let now = state.store.now().await?;
+    let stale_after = state.config.worker_stale_after;
+    let served = state
+        .store
+        .list_workers(LIVE_SCAN, Duration::ZERO)
+        .await?
+        .iter()
+        .any(|w| w.is_live(now, stale_after) && satisfies(&w.worker.labels, &job.requires));
+    Ok((!served).then(|| placement::waiting_for(&job.requires)))
 }
 
 /// `GET /v1/workers`: registrations, latest seen first (deregistered ones
@@ -446,7 +481,7 @@ pub(crate) async fn list(
         .await?;
     let running = state.store.running_jobs(None, 1000).await?;
     let now = state.store.now().await?;
-    let stale_after = reeve_core::time::duration_millis(reeve_core::job::DEFAULT_HEARTBEAT_TIMEOUT);
+    let stale_after = state.config.worker_stale_after;
     let fleet: Vec<FleetEntry> = workers
         .into_iter()
         .map(|w| FleetEntry {
@@ -454,7 +489,7 @@ pub(crate) async fn list(
                 .iter()
                 .filter(|j| j.claimed_by.as_deref() == Some(w.id.as_str()))
                 .count() as u64,
-            stale: w.deregistered_at.is_none() && w.last_seen_at.millis_until(now) > stale_after,
+            stale: w.is_stale(now, stale_after),
             worker: w,
         })
         .collect();

@@ -163,6 +163,7 @@ impl Harness {
                 kinds: KindFilter::Any,
                 limit: 1,
                 heartbeats: true,
+                labels: Vec::new(),
             })
             .await
             .unwrap();
@@ -1898,4 +1899,190 @@ async fn tokens_cannot_borrow_registrations_or_outlive_their_epoch() {
         .call(Some(ADMIN), Method::GET, "/v1/schedules/%FF", None)
         .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_input");
+}
+
+#[tokio::test]
+async fn bad_requirements_are_refused_naming_the_field_and_change_nothing() {
+    let h = Harness::new().await;
+    let r = h
+        .post(
+            "/v1/jobs",
+            json!({"kind": "watch", "requires": ["device alice"]}),
+        )
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "requires[0]");
+    let r = h
+        .post(
+            "/v1/jobs",
+            json!({"kind": "watch", "requires": ["device=alice-mac", "gpu="]}),
+        )
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "requires[1]");
+    let r = h
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"kind": "a"}, {"kind": "b", "requires": ["x"]}]}),
+        )
+        .await;
+    assert_field(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "jobs[1].requires[0]",
+    );
+    let r = h
+        .post(
+            "/v1/jobs",
+            json!({"kind": "a", "on_success": {"kind": "b", "requires": ["=x"]}}),
+        )
+        .await;
+    assert_field(
+        &r,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        "on_success.requires[0]",
+    );
+    let r = h
+        .post("/v1/jobs", json!({"kind": "watch", "requires": "device=a"}))
+        .await;
+    assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", "requires");
+    assert_eq!(h.total_jobs().await, 0, "nothing was enqueued");
+
+    // Accepted ones are kept in canonical order, and shown.
+    let job = h
+        .enqueue(json!({"kind": "watch", "requires": ["gpu=1", "device=alice-mac", "gpu=1"]}))
+        .await;
+    assert_eq!(job.requires, ["device=alice-mac", "gpu=1"]);
+    let got = h.get(&format!("/v1/jobs/{}", job.id)).await;
+    assert_eq!(got.json["requires"], json!(["device=alice-mac", "gpu=1"]));
+    let plain = h.enqueue(json!({"kind": "watch"})).await;
+    let got = h.get(&format!("/v1/jobs/{}", plain.id)).await;
+    assert_eq!(got.json["requires"], json!([]));
+    assert!(got.json.get("waiting_for").is_none(), "{}", got.text);
+}
+
+/// Enqueues with the admin token; the new job's id.
+async fn admin_enqueue(h: &Harness, body: Value) -> i64 {
+    let r = h
+        .call(Some(ADMIN), Method::POST, "/v1/jobs", Some(body))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.json["id"].as_i64().unwrap()
+}
+
+/// `GET /v1/jobs/{id}` with the admin token.
+async fn admin_job(h: &Harness, id: i64) -> Value {
+    h.call(Some(ADMIN), Method::GET, &format!("/v1/jobs/{id}"), None)
+        .await
+        .json
+}
+
+#[tokio::test]
+async fn worker_claims_honour_labels_and_a_pinned_job_says_what_it_waits_for() {
+    let h = fleet_harness().await;
+    let bad = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            "/v1/workers/register",
+            Some(json!({"name": "x", "kinds": ["agent"], "slots": 1, "labels": ["device"]})),
+        )
+        .await;
+    assert_field(&bad, StatusCode::BAD_REQUEST, "invalid_input", "labels[0]");
+
+    let enqueue = |body: Value| admin_enqueue(&h, body);
+    let get = |id: i64| admin_job(&h, id);
+    let pinned = enqueue(json!({"kind": "agent", "requires": ["device=alice-mac"]})).await;
+    assert_eq!(
+        get(pinned).await["waiting_for"],
+        "a worker with device=alice-mac",
+        "no worker at all"
+    );
+
+    // A worker without the label never gets it; the unpinned job behind it
+    // is its.
+    let plain = h
+        .register(json!({"name": "plain", "kinds": ["agent"], "slots": 5}))
+        .await;
+    let free = enqueue(json!({"kind": "agent"})).await;
+    let runs = h.worker_claim(&plain).await;
+    assert_eq!(
+        runs.iter().map(|(j, _)| j.id).collect::<Vec<_>>(),
+        [free],
+        "only the unpinned job"
+    );
+    assert!(h.worker_claim(&plain).await.is_empty());
+    assert_eq!(
+        get(pinned).await["waiting_for"],
+        "a worker with device=alice-mac",
+        "a live worker without the label does not count"
+    );
+
+    // A worker with the label (and others): no longer waiting for one, and
+    // it claims the job.
+    let mac = h
+        .register(json!({"name": "mac", "kinds": ["agent"], "slots": 5,
+                         "labels": ["os=macos", "device=alice-mac"]}))
+        .await;
+    let view = get(pinned).await;
+    assert!(view.get("waiting_for").is_none(), "{view}");
+    assert_eq!(view["state"], "available");
+    let runs = h.worker_claim(&mac).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].0.id, pinned);
+    assert_eq!(runs[0].0.claimed_by.as_deref(), Some(mac.as_str()));
+    assert!(
+        get(pinned).await.get("waiting_for").is_none(),
+        "a running job waits for nothing"
+    );
+
+    // Its worker goes silent past the staleness bound: a new pinned job
+    // waits again (and a deregistered worker does not count either).
+    let second = enqueue(json!({"kind": "agent", "requires": ["device=alice-mac"]})).await;
+    assert!(get(second).await.get("waiting_for").is_none());
+    h.store.advance_clock(std::time::Duration::from_secs(91));
+    assert_eq!(
+        get(second).await["waiting_for"],
+        "a worker with device=alice-mac",
+        "a stale worker does not count"
+    );
+    let again = h
+        .register(json!({"name": "mac", "kinds": ["agent"], "slots": 5,
+                         "labels": ["device=alice-mac"]}))
+        .await;
+    assert!(get(second).await.get("waiting_for").is_none());
+    h.call(
+        Some(WORKER),
+        Method::POST,
+        &format!("/v1/workers/{again}/deregister"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        get(second).await["waiting_for"],
+        "a worker with device=alice-mac",
+        "a deregistered worker does not count"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_s_own_executor_counts_for_its_labels() {
+    let h = Harness::with_config(ApiConfig {
+        executor_labels: vec!["device=build-box".into()],
+        ..ApiConfig::default()
+    })
+    .await;
+    let mine = h
+        .enqueue(json!({"kind": "k", "requires": ["device=build-box"]}))
+        .await;
+    let other = h
+        .enqueue(json!({"kind": "k", "requires": ["device=build-box", "gpu=1"]}))
+        .await;
+    let r = h.get(&format!("/v1/jobs/{}", mine.id)).await;
+    assert!(r.json.get("waiting_for").is_none(), "{}", r.text);
+    let r = h.get(&format!("/v1/jobs/{}", other.id)).await;
+    assert_eq!(
+        r.json["waiting_for"],
+        "a worker with device=build-box, gpu=1"
+    );
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::failure::FailureReason;
+use crate::placement;
 use crate::time::{Timestamp, human_duration};
 use crate::validate::{self, InputError};
 
@@ -178,6 +179,10 @@ pub struct Job {
     /// cleared by the next progress.
     #[serde(default)]
     pub escalated_at: Option<Timestamp>,
+    /// Labels a claimer must have, all of them (SPEC §6), in canonical
+    /// form ([`crate::placement::requirements`]); empty = any claimer.
+    #[serde(default)]
+    pub requires: Vec<String>,
 }
 
 impl Job {
@@ -206,12 +211,21 @@ pub struct FollowUp {
     pub priority: Option<i32>,
     #[serde(default)]
     pub max_attempts: Option<i32>,
+    /// Labels the follow-up's claimer must have; its own, not inherited
+    /// from the parent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 impl FollowUp {
-    /// Validates it as a job's own fields are validated; problems name the
-    /// field under `prefix` (e.g. `on_success.` or `jobs[3].on_success.`).
-    pub fn validate(&self, prefix: &str, max_payload_bytes: usize) -> Result<(), InputError> {
+    /// Validates it as a job's own fields are validated (its `requires`
+    /// put in canonical form); problems name the field under `prefix`
+    /// (e.g. `on_success.` or `jobs[3].on_success.`).
+    pub fn validate(
+        mut self,
+        prefix: &str,
+        max_payload_bytes: usize,
+    ) -> Result<FollowUp, InputError> {
         let f = |name: &str| format!("{prefix}{name}");
         if let Some(queue) = &self.queue {
             validate::name(&f("queue"), queue)?;
@@ -226,7 +240,8 @@ impl FollowUp {
         if let Some(max_attempts) = self.max_attempts {
             check_max_attempts(&f("max_attempts"), max_attempts)?;
         }
-        Ok(())
+        self.requires = placement::requirements(&f("requires"), &self.requires)?;
+        Ok(self)
     }
 }
 
@@ -293,6 +308,8 @@ pub struct NewJob {
     pub nominal_at: Option<Timestamp>,
     /// The job to enqueue when this one succeeds (validated).
     pub on_success: Option<FollowUp>,
+    /// Labels a claimer must have (validated, canonical); empty = any.
+    pub requires: Vec<String>,
 }
 
 impl NewJob {
@@ -315,6 +332,7 @@ impl NewJob {
             schedule: None,
             nominal_at: None,
             on_success: None,
+            requires: Vec::new(),
         }
     }
 }
@@ -353,6 +371,9 @@ pub struct EnqueueRequest {
     pub retry_on: Option<Vec<String>>,
     #[serde(default)]
     pub on_success: Option<FollowUp>,
+    /// Labels a claimer must have, each `key=value` (SPEC §6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 impl EnqueueRequest {
@@ -426,9 +447,11 @@ impl EnqueueRequest {
                     .map_err(|m| InputError::new(f("retry_on"), m))
             })
             .transpose()?;
-        if let Some(then) = &self.on_success {
-            then.validate(&f("on_success."), max_payload_bytes)?;
-        }
+        let on_success = self
+            .on_success
+            .map(|then| then.validate(&f("on_success."), max_payload_bytes))
+            .transpose()?;
+        let requires = placement::requirements(&f("requires"), &self.requires)?;
         Ok(NewJob {
             queue,
             kind: self.kind,
@@ -445,7 +468,8 @@ impl EnqueueRequest {
             retry_on,
             schedule: None,
             nominal_at: None,
-            on_success: self.on_success,
+            on_success,
+            requires,
         })
     }
 }
@@ -636,6 +660,43 @@ mod tests {
         assert_eq!(
             ok.on_success.map(|t| (t.queue, t.kind)),
             Some((Some("merge".into()), "review".into()))
+        );
+    }
+
+    #[test]
+    fn requirements_are_validated_by_index_and_kept_canonical() {
+        let with = |requires: &[&str]| EnqueueRequest {
+            kind: "watch".into(),
+            requires: requires.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            with(&["no-equals"]).validate("", 1024).unwrap_err().field,
+            "requires[0]"
+        );
+        assert_eq!(
+            with(&["device=a", "gpu="])
+                .validate("jobs[4].", 1024)
+                .unwrap_err()
+                .field,
+            "jobs[4].requires[1]"
+        );
+        let ok = with(&["gpu=1", "device=a", "device=a"])
+            .validate("", 1024)
+            .unwrap();
+        assert_eq!(ok.requires, ["device=a", "gpu=1"]);
+        assert!(with(&[]).validate("", 1024).unwrap().requires.is_empty());
+        let then = EnqueueRequest {
+            on_success: Some(FollowUp {
+                kind: "review".into(),
+                requires: vec!["device".into()],
+                ..Default::default()
+            }),
+            ..with(&[])
+        };
+        assert_eq!(
+            then.validate("", 1024).unwrap_err().field,
+            "on_success.requires[0]"
         );
     }
 

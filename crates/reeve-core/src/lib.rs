@@ -2,8 +2,8 @@
 //!
 //! This crate owns the job state machine ([`JobState`] and its legal
 //! transitions), the closed set of [`FailureReason`]s, the [`Event`] record and
-//! its logfmt line, retry backoff, and the parsing of human durations and
-//! timestamps.
+//! its logfmt line, retry backoff, placement labels, and the parsing of
+//! human durations and timestamps.
 //!
 //! **Architecture invariant:** no I/O lives here. `reeve-core` knows nothing
 //! of sqlx, axum or processes; it is pure data and pure functions, so every
@@ -15,6 +15,7 @@ pub mod event;
 pub mod failure;
 pub mod fault;
 pub mod job;
+pub mod placement;
 pub mod retry;
 pub mod time;
 pub mod validate;

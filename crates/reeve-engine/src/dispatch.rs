@@ -35,6 +35,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 kinds: filter.clone(),
                 limit,
                 heartbeats: true,
+                labels: inner.config.labels.clone(),
             };
             match inner.store.claim(params).await {
                 Ok(jobs) => {

@@ -79,6 +79,10 @@ pub struct EngineConfig {
     /// Delivered and abandoned webhook outbox rows older than this are
     /// pruned.
     pub delivery_retention: Duration,
+    /// This executor's placement labels (`key=value`, validated by the
+    /// caller): it claims pinned jobs whose requirements are all among them,
+    /// and with none only unpinned jobs (SPEC §6).
+    pub labels: Vec<String>,
 }
 
 pub const DEFAULT_SLOTS: u32 = 8;
@@ -106,6 +110,7 @@ impl EngineConfig {
             supervision: Some(reeve_store::SuperviseParams::default()),
             supervise_every: DEFAULT_SUPERVISE_EVERY,
             delivery_retention: DEFAULT_RETENTION,
+            labels: Vec::new(),
         }
     }
 }

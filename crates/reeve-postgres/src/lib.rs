@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "supervision",
         include_str!("../migrations/0006_supervision.sql"),
     ),
+    (
+        7,
+        "placement",
+        include_str!("../migrations/0007_placement.sql"),
+    ),
 ];
 
 /// The database's clock in milliseconds since the epoch, plus the offset

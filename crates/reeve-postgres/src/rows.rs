@@ -20,7 +20,7 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
     unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
-    schedule, nominal_at, on_success, progress_at, stalled_at, escalated_at";
+    schedule, nominal_at, on_success, progress_at, stalled_at, escalated_at, requires";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -98,6 +98,7 @@ pub fn job_from_row(row: &PgRow) -> Result<Job> {
         progress_at: ts(col(row, 34)?),
         stalled_at: ts(col(row, 35)?),
         escalated_at: ts(col(row, 36)?),
+        requires: json("requires", col(row, 37)?)?.unwrap_or_default(),
     })
 }
 

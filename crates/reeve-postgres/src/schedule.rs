@@ -896,13 +896,14 @@ pub(crate) async fn now_locking_schedules_of(
 /// Forced firings' jobs not yet claimed that this claim may take, locked
 /// (`SKIP LOCKED`), at most `limit`, oldest first: they are claimed first
 /// and skip the cap check at this, their first, claim (SPEC §3). Paused
-/// queues stay paused. Filtered in SQL (queues and kinds), so no row this
-/// claim will not take is locked. One probe of the `firings_forced` index
-/// when there are none.
+/// queues stay paused. Filtered in SQL (queues, kinds and the claimer's
+/// labels), so no row this claim will not take is locked. One probe of the
+/// `firings_forced` index when there are none.
 pub(crate) async fn forced_candidates(
     tx: &mut Tx,
     queues: Option<&[String]>,
     kinds: &reeve_store::KindFilter,
+    labels: &[String],
     limit: u32,
 ) -> Result<Vec<(JobId, String)>> {
     use reeve_store::KindFilter;
@@ -915,12 +916,19 @@ pub(crate) async fn forced_candidates(
             (false, false) => " AND j.kind = ANY($3::text[])",
         },
     };
+    let kinds_bound = matches!(kinds, KindFilter::Only { kinds, .. } if !kinds.is_empty());
+    let placement_clause = if labels.is_empty() {
+        " AND j.requires IS NULL".to_string()
+    } else {
+        let n = if kinds_bound { 4 } else { 3 };
+        format!(" AND (j.requires IS NULL OR j.requires::jsonb <@ ${n}::jsonb)")
+    };
     let sql = format!(
         "SELECT j.id, j.queue FROM firings f JOIN jobs j ON j.id = f.job_id \
          WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND f.finished_at IS NULL \
            AND j.state = 'available' \
            AND NOT coalesce((SELECT q.paused FROM queues q WHERE q.name = j.queue), FALSE) \
-           AND ($1::text[] IS NULL OR j.queue = ANY($1::text[])){kind_clause} \
+           AND ($1::text[] IS NULL OR j.queue = ANY($1::text[])){kind_clause}{placement_clause} \
          ORDER BY j.id LIMIT $2 \
          FOR UPDATE OF j SKIP LOCKED"
     );
@@ -931,6 +939,9 @@ pub(crate) async fn forced_candidates(
         && !kinds.is_empty()
     {
         q = q.bind(kinds);
+    }
+    if !labels.is_empty() {
+        q = q.bind(reeve_store::fleet::list_json(labels));
     }
     let mut out: Vec<(JobId, String)> = Vec::new();
     for r in q.fetch_all(&mut **tx).await.map_err(db_error)? {

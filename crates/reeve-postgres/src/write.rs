@@ -274,13 +274,13 @@ pub(crate) async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Res
     let sql = format!(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
            max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
-           max_turns, created_at, schedule, nominal_at, on_success) \
-         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom, os \
+           max_turns, created_at, schedule, nominal_at, on_success, requires) \
+         SELECT q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom, os, rq \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
                      $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], \
-                     $18::text[]) \
-           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom, os) \
+                     $18::text[], $19::text[]) \
+           AS t(q, k, s, p, pr, ma, av, mrd, hbt, ro, ik, uk, cmd, mt, ca, sch, nom, os, rq) \
          {}RETURNING id",
         if unique {
             "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL \
@@ -342,6 +342,12 @@ pub(crate) async fn insert_jobs(tx: &mut Tx, jobs: &[&Job], unique: bool) -> Res
         .bind(
             jobs.iter()
                 .map(|j| j.on_success.as_ref().map(to_json))
+                .collect::<Vec<_>>(),
+        )
+        // No requirements is NULL: the claim index's common case.
+        .bind(
+            jobs.iter()
+                .map(|j| (!j.requires.is_empty()).then(|| to_json(&j.requires)))
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut **tx)
@@ -446,8 +452,14 @@ async fn claim_locked(
     // Forced runs first, under the same claim lock: they skip the cap check
     // at this, their first, claim, and count toward the caps (also for the
     // rest of this claim) while they run.
-    let forced =
-        crate::schedule::forced_candidates(&mut tx, p.queues.as_deref(), &p.kinds, p.limit).await?;
+    let forced = crate::schedule::forced_candidates(
+        &mut tx,
+        p.queues.as_deref(),
+        &p.kinds,
+        &p.labels,
+        p.limit,
+    )
+    .await?;
     let limit = p.limit - forced.len() as u32;
     let (mut picked, counted_at) = pick_under_caps(
         &mut tx,
@@ -576,12 +588,18 @@ async fn pick_under_caps(
 
     // The head of each eligible queue, in one statement: the claim index per
     // queue, locking what it returns and skipping rows others hold (and the
-    // forced runs this claim already holds).
+    // forced runs this claim already holds). Placement: every claimer takes
+    // from the unpinned jobs' index (`requires IS NULL`); a claimer with
+    // labels also from the pinned jobs' index, only those whose every
+    // requirement is among its labels. A pinned job that does not match is
+    // passed over, never a block.
     let (exclude, kinds_param) = if forced.is_empty() {
         ("", "$3")
     } else {
         (" AND id <> ALL($3::bigint[])", "$4")
     };
+    let kinds_bound = matches!(&p.kinds, KindFilter::Only { kinds, .. } if !kinds.is_empty());
+    let labels_param = 3 + usize::from(!forced.is_empty()) + usize::from(kinds_bound);
     let kind_clause = match &p.kinds {
         KindFilter::Any => String::new(),
         KindFilter::Only { kinds, commands } => match (kinds.is_empty(), commands) {
@@ -593,15 +611,24 @@ async fn pick_under_caps(
             (false, false) => format!(" AND kind = ANY({kinds_param}::text[])"),
         },
     };
-    let select = format!(
-        "SELECT c.id, c.priority, c.available_at, c.queue \
-         FROM unnest($1::text[], $2::bigint[]) AS r(queue, room) \
-         CROSS JOIN LATERAL ( \
-           SELECT id, priority, available_at, queue FROM jobs \
-           WHERE state = 'available' AND queue = r.queue{exclude}{kind_clause} \
-           ORDER BY priority, available_at, id LIMIT r.room \
-           FOR UPDATE SKIP LOCKED) AS c"
-    );
+    let heads = |placement: &str| {
+        format!(
+            "SELECT c.id, c.priority, c.available_at, c.queue \
+             FROM unnest($1::text[], $2::bigint[]) AS r(queue, room) \
+             CROSS JOIN LATERAL ( \
+               SELECT id, priority, available_at, queue FROM jobs \
+               WHERE state = 'available' AND queue = r.queue{placement}{exclude}{kind_clause} \
+               ORDER BY priority, available_at, id LIMIT r.room \
+               FOR UPDATE SKIP LOCKED) AS c"
+        )
+    };
+    let mut select = heads(" AND requires IS NULL");
+    if !p.labels.is_empty() {
+        select.push_str(" UNION ALL ");
+        select.push_str(&heads(&format!(
+            " AND requires IS NOT NULL AND requires::jsonb <@ ${labels_param}::jsonb"
+        )));
+    }
     let (names, rooms): (Vec<&str>, Vec<i64>) = room
         .iter()
         .map(|(q, free)| (q.as_str(), (*free).min(take) as i64))
@@ -614,6 +641,9 @@ async fn pick_under_caps(
         && !kinds.is_empty()
     {
         q = q.bind(kinds);
+    }
+    if !p.labels.is_empty() {
+        q = q.bind(reeve_store::fleet::list_json(&p.labels));
     }
     // (priority, available_at, id, queue)
     let candidates: Vec<(i32, i64, i64, String)> = q

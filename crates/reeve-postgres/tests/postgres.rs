@@ -21,6 +21,7 @@ fn claim(worker: &str, limit: u32) -> ClaimParams {
         kinds: KindFilter::Any,
         limit,
         heartbeats: true,
+        labels: Vec::new(),
     }
 }
 

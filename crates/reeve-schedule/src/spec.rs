@@ -98,6 +98,10 @@ pub struct JobSpec {
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<String>>,
+    /// Labels the claimer of every firing must have (`key=value`, SPEC §6):
+    /// pins the schedule's work to matching workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// A duration as written: a human string (`"90s"`, `"1h30m"`) or a whole
@@ -212,6 +216,9 @@ pub struct JobTemplate {
     pub max_turns: Option<i64>,
     pub command: Option<Vec<String>>,
     pub retry_on: Option<Vec<FailureReason>>,
+    /// Copied into every firing's job (canonical form).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// The idempotency key of the firing of schedule `name` at `nominal`:
@@ -243,6 +250,7 @@ impl JobTemplate {
             schedule: Some(schedule.to_string()),
             nominal_at: Some(nominal),
             on_success: None,
+            requires: self.requires.clone(),
         }
     }
 }
@@ -335,6 +343,7 @@ impl JobSpec {
             max_turns: self.max_turns,
             retry_on: self.retry_on.clone(),
             on_success: None,
+            requires: self.requires.clone(),
         };
         let job = request.validate("job.", max_payload_bytes)?;
         Ok(JobTemplate {
@@ -348,6 +357,7 @@ impl JobSpec {
             max_turns: job.max_turns,
             command: job.command,
             retry_on: job.retry_on,
+            requires: job.requires,
         })
     }
 }
@@ -379,6 +389,7 @@ impl ValidSchedule {
                     .retry_on
                     .as_ref()
                     .map(|r| r.iter().map(|f| f.as_str().to_string()).collect()),
+                requires: j.requires.clone(),
             },
             overlap: Some(self.overlap),
             misfire: Some(self.misfire),
@@ -452,6 +463,7 @@ pub fn diff(existing: &ValidSchedule, new: &ValidSchedule) -> Change {
     check(a.max_turns != b.max_turns, "job.max_turns");
     check(a.command != b.command, "job.command");
     check(a.retry_on != b.retry_on, "job.retry_on");
+    check(a.requires != b.requires, "job.requires");
     check(existing.overlap != new.overlap, "overlap");
     check(existing.misfire != new.misfire, "misfire");
     check(
@@ -550,6 +562,13 @@ mod tests {
             field_of(with("job", json!({"kind": "k", "command": []}))),
             "job.command"
         );
+        assert_eq!(
+            field_of(with(
+                "job",
+                json!({"kind": "k", "requires": ["device=a", "device"]})
+            )),
+            "job.requires[1]"
+        );
         let mut no_rule = base();
         no_rule.as_object_mut().unwrap().remove("cron");
         assert_eq!(field_of(no_rule), "cron");
@@ -590,7 +609,8 @@ mod tests {
         for v in [
             json!({"name": "a", "cron": "30 9 * * MON-FRI", "timezone": "europe/berlin",
                    "job": {"kind": "k", "max_turns": 40, "retry_on": ["timeout"], "command": ["echo", "hi"],
-                           "max_run_duration": 5400, "heartbeat_timeout": "2m"},
+                           "max_run_duration": 5400, "heartbeat_timeout": "2m",
+                           "requires": ["gpu=1", "device=alice-mac"]},
                    "overlap": "queue_one", "misfire": {"policy": "catch_up", "max": 3}, "status": "paused",
                    "description": "weekday standup"}),
             json!({"name": "b", "every": "90s", "jitter": "10s", "job": {"kind": "k", "priority": -5}}),
@@ -668,6 +688,19 @@ mod tests {
             Some("nightly@2026-03-29T03:00:00.000Z")
         );
         assert_eq!(job.max_turns, Some(7));
+        assert!(job.requires.is_empty());
         assert_eq!(firing_key("a", nominal), "a@2026-03-29T03:00:00.000Z");
+        let pinned = spec(json!({"name": "watch", "every": "5m",
+            "job": {"kind": "watcher", "requires": ["device=alice-mac"]}}))
+        .validate()
+        .unwrap();
+        assert_eq!(
+            pinned.job.new_job(&pinned.name, nominal).requires,
+            ["device=alice-mac"],
+            "every firing carries the requirements"
+        );
+        let mut moved = pinned.clone();
+        moved.job.requires = vec!["device=bob-mac".into()];
+        assert!(diff(&pinned, &moved).touches("job.requires"));
     }
 }

@@ -55,6 +55,7 @@ fn main() {
             kinds: KindFilter::Any,
             limit: 100,
             heartbeats: true,
+            labels: Vec::new(),
         };
         let (mut claims, mut finishes, mut heartbeats) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {

@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "supervision",
         include_str!("../migrations/0006_supervision.sql"),
     ),
+    (
+        7,
+        "placement",
+        include_str!("../migrations/0007_placement.sql"),
+    ),
 ];
 
 /// How the backend opens its file.

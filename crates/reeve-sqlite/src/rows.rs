@@ -12,7 +12,7 @@ pub const JOB_COLUMNS: &str = "id, queue, kind, state, payload, priority, attemp
     claimed_by, claimed_at, heartbeat_at, lease_expires_at, heartbeats, heartbeat_count, available_at, \
     max_run_duration_ms, heartbeat_timeout_ms, failure_reason, last_error, retry_on, idempotency_key, \
     unique_key, command, max_turns, turns, progress, result, cancel_requested_at, created_at, finished_at, \
-    schedule, nominal_at, on_success, progress_at, stalled_at, escalated_at";
+    schedule, nominal_at, on_success, progress_at, stalled_at, escalated_at, requires";
 
 pub const EVENT_COLUMNS: &str =
     "id, job_id, at, event, epoch, attempt, worker, reason, actor, detail";
@@ -42,6 +42,7 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
     let command: Option<String> = row.get(23);
     let idempotency_key: Option<String> = row.get(21);
     let on_success: Option<String> = row.get(33);
+    let requires: Option<String> = row.get(37);
     Ok(Job {
         id,
         queue: row.get(1),
@@ -91,6 +92,10 @@ pub fn job_from_row(row: &SqliteRow) -> Result<Job> {
         progress_at: ts(row.get(34)),
         stalled_at: ts(row.get(35)),
         escalated_at: ts(row.get(36)),
+        requires: requires
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("requires", e)))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -146,7 +151,7 @@ pub const JOB_JSON: &str = "json_object('id', id, 'queue', queue, 'kind', kind, 
     'result', json(result), 'cancel_requested_at', cancel_requested_at, 'created_at', created_at, \
     'finished_at', finished_at, 'schedule', schedule, 'nominal_at', nominal_at, \
     'on_success', json(on_success), 'progress_at', progress_at, 'stalled_at', stalled_at, \
-    'escalated_at', escalated_at)";
+    'escalated_at', escalated_at, 'requires', json(requires))";
 
 /// The shape of [`JOB_JSON`].
 #[derive(serde::Deserialize)]
@@ -188,6 +193,7 @@ struct JobJson {
     progress_at: Option<i64>,
     stalled_at: Option<i64>,
     escalated_at: Option<i64>,
+    requires: Option<Vec<String>>,
 }
 
 /// Parses a `json_group_array` of [`JOB_JSON`] objects.
@@ -239,6 +245,7 @@ pub fn jobs_from_json(text: &str) -> Result<Vec<Job>> {
                 progress_at: ts(r.progress_at),
                 stalled_at: ts(r.stalled_at),
                 escalated_at: ts(r.escalated_at),
+                requires: r.requires.unwrap_or_default(),
             })
         })
         .collect()

@@ -781,15 +781,24 @@ pub(crate) async fn list_pressure(store: &SqliteStore) -> Result<Vec<Pressure>> 
 /// Forced firings' jobs not yet claimed, claimable by this claimer: they
 /// are claimed first and skip the cap check at this, their first, claim
 /// (SPEC §3). Paused queues stay paused.
+/// An unclaimed forced run, with what a claimer must be able to run it.
+pub(crate) struct ForcedCandidate {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub command: bool,
+    pub requires: Vec<String>,
+}
+
 pub(crate) async fn forced_candidates(
     tx: &mut Transaction<'static, Sqlite>,
     queues: Option<&[String]>,
-) -> Result<Vec<(JobId, String, String, bool)>> {
+) -> Result<Vec<ForcedCandidate>> {
     // CROSS JOIN keeps SQLite's join order: the (almost always empty)
     // partial index of unclaimed forced firings first. Joined the other way
     // round, every claim would walk all available jobs.
     let rows = sqlx::query(
-        "SELECT j.id, j.queue, j.kind, j.command IS NOT NULL \
+        "SELECT j.id, j.queue, j.kind, j.command IS NOT NULL, j.requires \
            FROM firings f CROSS JOIN jobs j ON j.id = f.job_id \
          WHERE f.outcome = 'forced' AND f.claimed_at IS NULL AND f.finished_at IS NULL \
            AND j.state = 'available' \
@@ -799,13 +808,25 @@ pub(crate) async fn forced_candidates(
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<bool, _>(3)))
-        .filter(|(_, q, _, _): &(JobId, String, String, bool)| {
-            queues.is_none_or(|wanted| wanted.contains(q))
-        })
-        .collect())
+    let mut out = Vec::new();
+    for r in &rows {
+        let queue: String = r.get(1);
+        if queues.is_some_and(|wanted| !wanted.contains(&queue)) {
+            continue;
+        }
+        let requires: Option<String> = r.get(4);
+        out.push(ForcedCandidate {
+            id: r.get(0),
+            queue,
+            kind: r.get(2),
+            command: r.get::<bool, _>(3),
+            requires: requires
+                .map(|s| serde_json::from_str(&s).map_err(|e| crate::rows::corrupt("requires", e)))
+                .transpose()?
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
 }
 
 /// Records the first claim of scheduled jobs in their ledger rows: when, the

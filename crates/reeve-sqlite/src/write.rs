@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use reeve_core::placement::satisfies;
 use reeve_core::time::duration_millis;
 use reeve_core::{Actor, EventKind, FailureReason, Job, JobId, JobState, NewJob, Timestamp};
 use reeve_store::transition::{
@@ -30,7 +31,7 @@ use crate::rows::{
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
 const CHUNK: usize = 500;
-/// Jobs per multi-row insert (18 parameters each).
+/// Jobs per multi-row insert (19 parameters each).
 const INSERT_CHUNK: usize = 1000;
 
 pub(crate) async fn insert_events(
@@ -222,13 +223,13 @@ pub(crate) async fn insert_jobs(
     let mut sql = String::from(
         "INSERT INTO jobs (queue, kind, state, payload, priority, max_attempts, available_at, \
          max_run_duration_ms, heartbeat_timeout_ms, retry_on, idempotency_key, unique_key, command, \
-         max_turns, created_at, schedule, nominal_at, on_success) VALUES ",
+         max_turns, created_at, schedule, nominal_at, on_success, requires) VALUES ",
     );
     for i in 0..jobs.len() {
         sql.push_str(if i == 0 {
-            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         } else {
-            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
         });
     }
     let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -251,7 +252,9 @@ pub(crate) async fn insert_jobs(
             .bind(j.created_at.0)
             .bind(j.schedule.as_deref())
             .bind(j.nominal_at.map(|t| t.0))
-            .bind(j.on_success.as_ref().map(to_json));
+            .bind(j.on_success.as_ref().map(to_json))
+            // No requirements is NULL: the claim index's common case.
+            .bind((!j.requires.is_empty()).then(|| to_json(&j.requires)));
     }
     let done = q.execute(&mut **tx).await.map_err(db_error)?;
     // One statement under the write lock allocates consecutive ids in row
@@ -275,8 +278,8 @@ pub(crate) async fn claim(store: &SqliteStore, p: ClaimParams) -> Result<Vec<Job
         crate::schedule::forced_candidates(&mut tx, p.queues.as_deref())
             .await?
             .into_iter()
-            .filter(|(_, _, kind, command)| p.kinds.accepts(kind, *command))
-            .map(|(id, queue, _, _)| (id, queue))
+            .filter(|f| p.kinds.accepts(&f.kind, f.command) && satisfies(&p.labels, &f.requires))
+            .map(|f| (f.id, f.queue))
             .take(p.limit as usize)
             .collect();
     let limit = p.limit - forced.len() as u32;
@@ -399,10 +402,20 @@ async fn pick_under_caps(
         return Ok(Vec::new());
     }
 
+    // Parameters: ?1 the queue, ?2 how many, then the kinds, then (for a
+    // claimer with labels) its labels as JSON.
+    let kinds: &[String] = match &p.kinds {
+        KindFilter::Any => &[],
+        KindFilter::Only { kinds, .. } => kinds,
+    };
+    let labels_param = 3 + kinds.len();
     let kind_clause = match &p.kinds {
         KindFilter::Any => String::new(),
         KindFilter::Only { kinds, commands } => {
-            let placeholders = vec!["?"; kinds.len()].join(",");
+            let placeholders = (0..kinds.len())
+                .map(|i| format!("?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(",");
             match (kinds.is_empty(), commands) {
                 (true, true) => " AND command IS NOT NULL".to_string(),
                 (true, false) => " AND 0".to_string(),
@@ -411,29 +424,46 @@ async fn pick_under_caps(
             }
         }
     };
-    let select = format!(
-        "SELECT json_group_array(json_array(priority, available_at, id)) FROM ( \
-           SELECT id, priority, available_at FROM jobs WHERE state = 'available' AND queue = ?{kind_clause} \
-           ORDER BY priority, available_at, id LIMIT ?)"
+    // Placement: every claimer walks the head of the unpinned jobs' index
+    // (`requires IS NULL`); a claimer with labels also walks the pinned
+    // jobs' index for those whose every requirement is among its labels. A
+    // pinned job that does not match is passed over, never a block.
+    let unpinned = format!(
+        "SELECT id, priority, available_at FROM jobs \
+         WHERE state = 'available' AND queue = ?1 AND requires IS NULL{kind_clause} \
+         ORDER BY priority, available_at, id LIMIT ?2"
     );
+    let heads = if p.labels.is_empty() {
+        unpinned
+    } else {
+        format!(
+            "SELECT * FROM ({unpinned}) UNION ALL SELECT * FROM ( \
+               SELECT id, priority, available_at FROM jobs \
+               WHERE state = 'available' AND queue = ?1 AND requires IS NOT NULL{kind_clause} \
+                 AND NOT EXISTS (SELECT 1 FROM json_each(jobs.requires) \
+                                 WHERE value NOT IN (SELECT value FROM json_each(?{labels_param}))) \
+               ORDER BY priority, available_at, id LIMIT ?2)"
+        )
+    };
+    let select =
+        format!("SELECT json_group_array(json_array(priority, available_at, id)) FROM ({heads})");
+    let labels = reeve_store::fleet::list_json(&p.labels);
     // (priority, available_at, id, queue)
     let mut candidates: Vec<(i64, i64, i64, String)> = Vec::new();
     for (queue, free) in &room {
-        let mut q = sqlx::query(AssertSqlSafe(select.clone())).bind(queue);
-        if let KindFilter::Only { kinds, .. } = &p.kinds {
-            for k in kinds {
-                q = q.bind(k);
-            }
-        }
         // The forced runs of this queue are still `available`: ask for as
         // many more and leave them out.
         let forced_here = forced.iter().filter(|(_, q)| q == queue).count() as i64;
-        let rows: String = q
-            .bind((*free).min(take) as i64 + forced_here)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(db_error)?
-            .get(0);
+        let mut q = sqlx::query(AssertSqlSafe(select.clone()))
+            .bind(queue)
+            .bind((*free).min(take) as i64 + forced_here);
+        for k in kinds {
+            q = q.bind(k);
+        }
+        if !p.labels.is_empty() {
+            q = q.bind(&labels);
+        }
+        let rows: String = q.fetch_one(&mut **tx).await.map_err(db_error)?.get(0);
         let rows: Vec<(i64, i64, i64)> =
             serde_json::from_str(&rows).map_err(|e| StoreError::Database {
                 message: format!("unreadable claim candidates: {e}"),

@@ -111,7 +111,13 @@ macro_rules! conformance_suite {
             failures_write_job_failed_rows_only_when_subscribed,
             an_auto_pause_writes_its_row_in_the_settling_transaction,
             concurrent_delivery_claimers_never_share_a_row,
-            delivery_results_are_fenced_retried_and_pruned
+            delivery_results_are_fenced_retried_and_pruned,
+            a_claim_takes_a_pinned_job_only_with_all_its_labels,
+            an_unlabeled_claimer_never_takes_a_pinned_job,
+            a_pinned_job_at_the_head_does_not_block_the_queue,
+            caps_hold_with_pinned_jobs,
+            schedule_firings_carry_their_requirements,
+            a_follow_up_is_pinned_by_its_own_requirements
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -136,6 +142,7 @@ fn claim(worker: &str, limit: u32) -> ClaimParams {
         kinds: KindFilter::Any,
         limit,
         heartbeats: true,
+        labels: Vec::new(),
     }
 }
 
@@ -1349,10 +1356,34 @@ pub async fn claim_and_complete_until_idle(
     worker: String,
     global_cap: u64,
 ) -> usize {
+    claim_with_labels_until_idle(store, sampler, worker, Vec::new(), global_cap).await
+}
+
+/// [`claim_and_complete_until_idle`] for a claimer with placement labels;
+/// every job it claims must be one those labels satisfy.
+pub async fn claim_with_labels_until_idle(
+    store: Arc<dyn Store>,
+    sampler: Arc<dyn Store>,
+    worker: String,
+    labels: Vec<String>,
+    global_cap: u64,
+) -> usize {
     let mut done = 0usize;
     let mut idle_rounds = 0;
+    let params = ClaimParams {
+        labels: labels.clone(),
+        ..claim(&worker, 2)
+    };
     while idle_rounds < 200 {
-        let claimed = store.claim(claim(&worker, 2)).await.expect("claim");
+        let claimed = store.claim(params.clone()).await.expect("claim");
+        for j in &claimed {
+            assert!(
+                reeve_core::placement::satisfies(&labels, &j.requires),
+                "{worker} with {labels:?} claimed job {} requiring {:?}",
+                j.id,
+                j.requires
+            );
+        }
         if claimed.is_empty() {
             idle_rounds += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -4314,5 +4345,375 @@ pub async fn delivery_results_are_fenced_retried_and_pruned(h: &impl Harness) {
         s.next_delivery_in().await.unwrap(),
         Some(Duration::ZERO),
         "the claimed retry is left"
+    );
+}
+
+// ---- Placement by labels (SPEC §6): a pinned job is claimed only by a
+// claimer whose labels include all of its requirements, and never blocks
+// the jobs behind it.
+
+fn labels(list: &[&str]) -> Vec<String> {
+    list.iter().map(|l| l.to_string()).collect()
+}
+
+fn pinned(queue: &str, requires: &[&str]) -> NewJob {
+    let mut nj = NewJob::new(queue, "watch");
+    nj.requires = labels(requires);
+    nj
+}
+
+fn claim_as(worker: &str, with: &[&str], limit: u32) -> ClaimParams {
+    ClaimParams {
+        labels: labels(with),
+        ..claim(worker, limit)
+    }
+}
+
+fn ids(jobs: &[Job]) -> Vec<i64> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+pub async fn a_claim_takes_a_pinned_job_only_with_all_its_labels(h: &impl Harness) {
+    let s = h.store();
+    let job = enqueue_one(&s, pinned("default", &["device=a", "gpu=1"])).await;
+    assert_eq!(job.requires, labels(&["device=a", "gpu=1"]));
+    assert_eq!(s.get_job(job.id).await.unwrap(), job, "stored as given");
+
+    for partial in [&["device=a"][..], &["gpu=1"], &["device=b", "gpu=1"]] {
+        assert!(
+            s.claim(claim_as("w", partial, 10))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{partial:?} lacks a requirement"
+        );
+    }
+    let events = s.job_events(job.id).await.unwrap();
+    assert_eq!(events.len(), 1, "passing a job over records nothing");
+
+    let taken = s
+        .claim(claim_as(
+            "w",
+            &["os=mac", "gpu=1", "extra=x", "device=a"],
+            10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&taken), [job.id], "all of them, among others");
+    assert_eq!(taken[0].requires, job.requires, "the claim reads them back");
+    assert_eq!(taken[0].claimed_by.as_deref(), Some("w"));
+
+    // Retried, it is pinned as before.
+    let failed = one(&s, fail(&taken[0], FailureReason::Error))
+        .await
+        .unwrap();
+    assert_eq!(failed.state, JobState::Retryable);
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(s.promote_due(10).await.unwrap(), 1);
+    assert!(
+        s.claim(claim_as("w", &["device=a"], 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a retry keeps its requirements"
+    );
+    let again = s
+        .claim(claim_as("w2", &["device=a", "gpu=1"], 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(&again), [job.id]);
+    assert_eq!(again[0].attempt, 2);
+}
+
+pub async fn an_unlabeled_claimer_never_takes_a_pinned_job(h: &impl Harness) {
+    let s = h.store();
+    let job = enqueue_one(&s, pinned("default", &["device=alice-mac"])).await;
+    assert!(
+        s.claim(claim("w", 10)).await.unwrap().is_empty(),
+        "no labels: no pinned jobs"
+    );
+    let mut by_kind = claim("w", 10);
+    by_kind.kinds = KindFilter::Only {
+        kinds: vec!["watch".into()],
+        commands: true,
+    };
+    by_kind.queues = Some(vec!["default".into()]);
+    assert!(
+        s.claim(by_kind).await.unwrap().is_empty(),
+        "its kind and queue are not enough"
+    );
+    assert_eq!(
+        s.get_job(job.id).await.unwrap().state,
+        JobState::Available,
+        "still waiting"
+    );
+    // An unpinned job is anyone's, labels or not.
+    let free = enqueue_one(&s, job_in("default")).await;
+    assert_eq!(
+        ids(&s
+            .claim(claim_as("w", &["device=bob-mac"], 10))
+            .await
+            .unwrap()),
+        [free.id]
+    );
+    // Labels with a kind filter and a queue list, as a remote worker claims.
+    let mut worker = claim_as("w", &["device=alice-mac"], 10);
+    worker.kinds = KindFilter::Only {
+        kinds: vec!["watch".into()],
+        commands: false,
+    };
+    worker.queues = Some(vec!["default".into()]);
+    assert_eq!(ids(&s.claim(worker).await.unwrap()), [job.id]);
+}
+
+fn job_in(queue: &str) -> NewJob {
+    NewJob::new(queue, "work")
+}
+
+pub async fn a_pinned_job_at_the_head_does_not_block_the_queue(h: &impl Harness) {
+    let s = h.store();
+    let mut head = pinned("q", &["device=a"]);
+    head.priority = -10;
+    let head = enqueue_one(&s, head).await;
+    let mut behind = Vec::new();
+    for _ in 0..3 {
+        behind.push(enqueue_one(&s, job_in("q")).await);
+    }
+    // One at a time: the pinned head is passed over, not waited behind.
+    let first = s.claim(claim("w", 1)).await.unwrap();
+    assert_eq!(ids(&first), [behind[0].id]);
+    let other = s.claim(claim_as("w", &["device=b"], 1)).await.unwrap();
+    assert_eq!(
+        ids(&other),
+        [behind[1].id],
+        "nor by a claimer it does not fit"
+    );
+    // A claimer that fits takes it in claim order: ahead of what is left.
+    let mut p = claim_as("w", &["device=a"], 10);
+    p.queues = Some(vec!["q".into()]);
+    let fits = s.claim(p).await.unwrap();
+    assert_eq!(
+        ids(&fits),
+        [head.id, behind[2].id],
+        "priority order across both"
+    );
+
+    // Many pinned jobs ahead of one free job: still not a block.
+    let mut pins = Vec::new();
+    for _ in 0..5 {
+        let mut nj = pinned("q", &["device=c"]);
+        nj.priority = -1;
+        pins.push(nj);
+    }
+    s.enqueue(pins).await.unwrap();
+    let free = enqueue_one(&s, job_in("q")).await;
+    assert_eq!(ids(&s.claim(claim("w", 1)).await.unwrap()), [free.id]);
+}
+
+pub async fn caps_hold_with_pinned_jobs(h: &impl Harness) {
+    let s = h.store();
+    // A queue cap: the pinned head takes the one slot from its claimer.
+    s.update_queue(
+        "capped",
+        QueuePatch {
+            concurrency: Some(Some(1)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut head = pinned("capped", &["device=a"]);
+    head.priority = -1;
+    let head = enqueue_one(&s, head).await;
+    let free = enqueue_one(&s, job_in("capped")).await;
+    let taken = s.claim(claim_as("w", &["device=a"], 10)).await.unwrap();
+    assert_eq!(ids(&taken), [head.id], "the queue's cap of 1");
+    assert!(
+        s.claim(claim("w2", 10)).await.unwrap().is_empty(),
+        "the slot is taken, by a pinned run like any other"
+    );
+    one(&s, succeed(&taken[0])).await.unwrap();
+    assert_eq!(ids(&s.claim(claim("w2", 10)).await.unwrap()), [free.id]);
+
+    // Concurrent claimers with and without labels, under a global cap of 2
+    // and queue caps of 1: never over a cap, each job run once and only by
+    // a claimer it fits.
+    let s2 = h.connect().await;
+    s.set_limits(Limits { global: Some(2) }).await.unwrap();
+    let queues = ["p1", "p2", "p3"];
+    for q in queues {
+        s.update_queue(
+            q,
+            QueuePatch {
+                concurrency: Some(Some(1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let batch: Vec<NewJob> = (0..60)
+        .map(|i| match i % 3 {
+            0 => pinned(queues[i % 3], &["device=a"]),
+            1 => pinned(queues[i % 3], &["device=a", "gpu=1"]),
+            _ => job_in(queues[i % 3]),
+        })
+        .collect();
+    let enqueued: Vec<i64> = s
+        .enqueue(batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job.id)
+        .collect();
+    let claimers = [
+        (s.clone(), &["device=a", "gpu=1"][..]),
+        (s2.clone(), &["device=a"][..]),
+        (s.clone(), &[][..]),
+        (s2.clone(), &["gpu=1"][..]),
+    ];
+    let mut handles = Vec::new();
+    for (i, (store, with)) in claimers.into_iter().enumerate() {
+        handles.push(tokio::spawn(claim_with_labels_until_idle(
+            store,
+            s.clone(),
+            format!("w{i}"),
+            labels(with),
+            2,
+        )));
+    }
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await.expect("claimer task");
+    }
+    assert_eq!(total, enqueued.len(), "every job completed exactly once");
+    assert_history_within_caps(&s, &enqueued, 2, 1).await;
+}
+
+pub async fn schedule_firings_carry_their_requirements(h: &impl Harness) {
+    let s = h.store();
+    let now = s.now().await.unwrap();
+    let spec: reeve_schedule::ScheduleSpec = serde_json::from_value(serde_json::json!({
+        "name": "watcher",
+        "every": "1m",
+        "job": {"kind": "watch", "queue": "watch", "requires": ["device=alice-mac"]},
+    }))
+    .expect("a valid spec");
+    let template = spec.validate().expect("valid").job;
+    s.put_schedule(SchedulePut {
+        spec,
+        status: None,
+        next_fire_at: NextFire::Set(Some(now)),
+        anchor: NextFire::Set(Some(now)),
+        max_turns_changed: false,
+    })
+    .await
+    .unwrap();
+    let stored = s.get_schedule("watcher").await.unwrap();
+    assert_eq!(
+        stored.spec.job.requires,
+        labels(&["device=alice-mac"]),
+        "the schedule keeps its requirements"
+    );
+    let next = Timestamp(now.0 + 60_000);
+    let fired = fired(
+        s.fire(FireParams {
+            schedule: "watcher".into(),
+            expected_next: Some(now),
+            nominal: now,
+            next: NextFire::Set(Some(next)),
+            job: Some(template.new_job("watcher", now)),
+            overlap: OverlapPolicy::Allow,
+            outcome: FiringOutcome::Fired,
+            skipped_until: None,
+            require_capacity: false,
+            audit: None,
+            probe: false,
+        })
+        .await
+        .unwrap(),
+    );
+    assert_eq!(fired.requires, labels(&["device=alice-mac"]));
+    assert_eq!(fired.schedule.as_deref(), Some("watcher"));
+    assert!(s.claim(claim("w", 10)).await.unwrap().is_empty());
+    assert!(
+        s.claim(claim_as("w", &["device=bob-mac"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let run = s
+        .claim(claim_as("w", &["device=alice-mac"], 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(&run), [fired.id]);
+    one(&s, succeed(&run[0])).await.unwrap();
+
+    // A forced run skips the caps, never its requirements.
+    s.set_limits(Limits { global: Some(0) }).await.unwrap();
+    let forced = fired_forced(&s, &template, Timestamp(now.0 + 1)).await;
+    assert!(s.claim(claim("w", 10)).await.unwrap().is_empty());
+    assert!(
+        s.claim(claim_as("w", &["device=bob-mac"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut worker = claim_as("w", &["device=alice-mac"], 10);
+    worker.kinds = KindFilter::Only {
+        kinds: vec!["watch".into()],
+        commands: false,
+    };
+    let run = s.claim(worker).await.unwrap();
+    assert_eq!(ids(&run), [forced.id], "past the full cap, on its device");
+}
+
+async fn fired_forced(
+    s: &Arc<dyn Store>,
+    template: &reeve_schedule::JobTemplate,
+    at: Timestamp,
+) -> Job {
+    let mut p = FireParams::manual(
+        "watcher",
+        at,
+        template.new_job("watcher", at),
+        FiringOutcome::Forced,
+    );
+    p.require_capacity = false;
+    p.audit = Some(crate::NewAudit {
+        actor: "operator:test".into(),
+        action: "force_run".into(),
+        target: "schedule:watcher".into(),
+        detail: serde_json::json!({}),
+    });
+    fired(s.fire(p).await.expect("fire"))
+}
+
+pub async fn a_follow_up_is_pinned_by_its_own_requirements(h: &impl Harness) {
+    let s = h.store();
+    let mut parent = pinned("default", &["device=a"]);
+    parent.on_success = Some(reeve_core::FollowUp {
+        requires: labels(&["device=b"]),
+        ..then("review")
+    });
+    enqueue_one(&s, parent).await;
+    let run = s.claim(claim_as("w", &["device=a"], 10)).await.unwrap();
+    one(&s, succeed(&run[0])).await.unwrap();
+    let follow = kind_jobs(&s, "review").await;
+    assert_eq!(follow.len(), 1);
+    assert_eq!(
+        follow[0].requires,
+        labels(&["device=b"]),
+        "not the parent's"
+    );
+    assert!(
+        s.claim(claim_as("w", &["device=a"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&s.claim(claim_as("w", &["device=b"], 10)).await.unwrap()),
+        [follow[0].id]
     );
 }

@@ -17,7 +17,11 @@
 //! - Mail belongs to the job, not to a run: it survives retries; reading
 //!   marks what was read, once.
 //! - A deregistered worker stays listed (for the fleet view) but can no
-//!   longer be touched.
+//!   longer be touched. A registration silent past the staleness bound is
+//!   *stale*; one neither deregistered nor stale is *live*
+//!   ([`WorkerRecord::is_live`]), which is what a pinned job waits for.
+
+use std::time::Duration;
 
 use reeve_core::{JobId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -65,6 +69,21 @@ pub struct WorkerRecord {
     pub registered_at: Timestamp,
     pub last_seen_at: Timestamp,
     pub deregistered_at: Option<Timestamp>,
+}
+
+impl WorkerRecord {
+    /// Registered and not deregistered, but silent for longer than
+    /// `stale_after` at `now` (the store's clock): probably dead.
+    pub fn is_stale(&self, now: Timestamp, stale_after: Duration) -> bool {
+        self.deregistered_at.is_none()
+            && self.last_seen_at.millis_until(now) > reeve_core::time::duration_millis(stale_after)
+    }
+
+    /// Registered, not deregistered and not stale: a worker that may still
+    /// claim.
+    pub fn is_live(&self, now: Timestamp, stale_after: Duration) -> bool {
+        self.deregistered_at.is_none() && !self.is_stale(now, stale_after)
+    }
 }
 
 /// The latest checkpoint of a job.

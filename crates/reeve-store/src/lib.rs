@@ -144,6 +144,11 @@ pub struct ClaimParams {
     /// Whether the executor heartbeats (SPEC §4): if not, the lease is only
     /// `claimed_at + max_run_duration`.
     pub heartbeats: bool,
+    /// The claimer's placement labels (SPEC §6): a job is taken only when
+    /// its `requires` are all among them
+    /// ([`reeve_core::placement::satisfies`]); with none, only jobs without
+    /// requirements are taken.
+    pub labels: Vec<String>,
 }
 
 /// A heartbeat for one run, optionally carrying progress reports.
@@ -301,9 +306,11 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `limit` available jobs in priority order, skipping paused
-    /// queues, and never letting the running count exceed the global cap or a
-    /// queue's cap. Claiming nothing is a normal outcome. A claim is the
-    /// run's first progress (`progress_at`; no stall).
+    /// queues and jobs whose requirements the claimer's labels do not meet
+    /// (so a pinned job never holds back the jobs behind it), and never
+    /// letting the running count exceed the global cap or a queue's cap.
+    /// Claiming nothing is a normal outcome. A claim is the run's first
+    /// progress (`progress_at`; no stall).
     async fn claim(&self, params: ClaimParams) -> Result<Vec<Job>>;
 
     /// Extends the lease of a running run. Refused (nothing changes) when the

@@ -136,14 +136,15 @@ pub fn materialize(config: &StoreConfig, nj: NewJob, now: i64) -> Job {
         progress_at: None,
         stalled_at: None,
         escalated_at: None,
+        requires: nj.requires,
     }
 }
 
 /// The job that `parent`'s success enqueues, if it names one (SPEC §10):
 /// in the parent's queue unless the follow-up names its own, with payload
 /// `{"parent": ID, "result": R, "payload": P}` (`null` for an absent result
-/// or payload), and unique key `followup:<parent id>`, so that one parent
-/// never has two live follow-ups.
+/// or payload), its own requirements (not the parent's), and unique key
+/// `followup:<parent id>`, so that one parent never has two live follow-ups.
 pub fn follow_up(parent: &Job) -> Option<NewJob> {
     let then = parent.on_success.as_ref()?;
     let mut nj = NewJob::new(
@@ -161,6 +162,7 @@ pub fn follow_up(parent: &Job) -> Option<NewJob> {
     if let Some(max_attempts) = then.max_attempts {
         nj.max_attempts = max_attempts;
     }
+    nj.requires = then.requires.clone();
     nj.unique_key = Some(format!("followup:{}", parent.id));
     Some(nj)
 }

@@ -64,6 +64,7 @@ async fn stalled_and_escalated_runs_are_flagged() {
         kinds: KindFilter::Any,
         limit,
         heartbeats: true,
+        labels: Vec::new(),
     };
     // The first two run silent since the start; the third is claimed later.
     store.claim(claim(2)).await.unwrap();

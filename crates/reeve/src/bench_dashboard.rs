@@ -83,6 +83,7 @@ fn claim(limit: u32) -> ClaimParams {
         kinds: KindFilter::Any,
         limit,
         heartbeats: true,
+        labels: Vec::new(),
     }
 }
 

@@ -146,6 +146,10 @@ pub struct EnqueueArgs {
     /// The follow-up's queue (default: this job's queue).
     #[arg(long, value_name = "QUEUE", requires = "then_kind")]
     pub then_queue: Option<String>,
+    /// Run only on a worker with this label, `key=value` (repeatable: a
+    /// worker must have all of them).
+    #[arg(long = "require", value_name = "KEY=VALUE")]
+    pub requires: Vec<String>,
     /// An ad-hoc command to run instead of the kind's template.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -420,5 +424,24 @@ mod tests {
         assert!(
             Cli::try_parse_from(["reeve", "enqueue", "--kind", "b", "--then-queue", "m"]).is_err()
         );
+    }
+
+    #[test]
+    fn require_is_repeatable() {
+        let cli = Cli::try_parse_from([
+            "reeve",
+            "enqueue",
+            "--kind",
+            "watch",
+            "--require",
+            "device=alice-mac",
+            "--require",
+            "gpu=1",
+        ])
+        .unwrap();
+        let Command::Enqueue(args) = cli.command else {
+            panic!("not an enqueue");
+        };
+        assert_eq!(args.requires, ["device=alice-mac", "gpu=1"]);
     }
 }

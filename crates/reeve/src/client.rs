@@ -560,6 +560,7 @@ fn enqueue_body(args: EnqueueArgs) -> Result<Value, Fail> {
             kind,
             ..Default::default()
         }),
+        requires: args.requires,
     };
     let mut body = serde_json::to_value(&request)
         .map_err(|e| Fail::error(format!("cannot encode the job: {e}")))?;
@@ -736,6 +737,13 @@ fn render_job(job: &Value, events: &Value, output: &Value, now: Timestamp) -> St
     if job["state"] == "running" && !job["cancel_requested_at"].is_null() {
         state.push_str(" (cancel requested)");
     }
+    if let Some(waiting) = job["waiting_for"].as_str() {
+        let _ = write!(state, " (waiting for {waiting})");
+    }
+    let requires = match job["requires"].as_array() {
+        Some(list) if !list.is_empty() => list.iter().map(text).collect::<Vec<_>>().join(", "),
+        _ => "-".to_string(),
+    };
     let turns = match &job["max_turns"] {
         Value::Null => text(&job["turns"]),
         max => format!("{}/{}", text(&job["turns"]), text(max)),
@@ -755,6 +763,7 @@ fn render_job(job: &Value, events: &Value, output: &Value, now: Timestamp) -> St
             format!("{}/{}", text(&job["attempt"]), text(&job["max_attempts"])),
         ),
         ("epoch", text(&job["epoch"])),
+        ("requires", requires),
         ("claimed_by", text(&job["claimed_by"])),
         ("claimed_at", at("claimed_at")),
         ("heartbeat_at", at("heartbeat_at")),
@@ -1271,6 +1280,7 @@ mod tests {
             max_turns: None,
             then_kind: None,
             then_queue: None,
+            requires: Vec::new(),
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -1393,6 +1403,7 @@ mod tests {
         assert_eq!(body["payload"], Value::Null);
         assert!(body.get("payload").is_some());
         assert!(body.get("on_success").is_none());
+        assert!(body.get("requires").is_none(), "no requirements, no field");
     }
 
     #[test]
@@ -1412,6 +1423,16 @@ mod tests {
             body["on_success"],
             json!({"kind": "review", "queue": "merge"})
         );
+    }
+
+    #[test]
+    fn require_flags_pin_the_job() {
+        let body = enqueue_body(EnqueueArgs {
+            requires: vec!["device=alice-mac".into(), "gpu=1".into()],
+            ..enqueue_args(None, &[])
+        })
+        .unwrap();
+        assert_eq!(body["requires"], json!(["device=alice-mac", "gpu=1"]));
     }
 
     #[test]
@@ -1515,6 +1536,20 @@ mod tests {
         assert!(out.starts_with("id:"), "no flag without a stall: {out}");
         let out = render_job(&json!(null), &json!(null), &json!(null), now);
         assert!(out.contains("output (stored): none"), "{out}");
+        let pinned = json!({"id": 13, "state": "available", "requires": ["device=alice-mac"],
+            "waiting_for": "a worker with device=alice-mac"});
+        let out = render_job(&pinned, &json!([]), &json!(null), now);
+        assert!(
+            out.contains(&format!(
+                "{:<22}available (waiting for a worker with device=alice-mac)\n",
+                "state:"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{:<22}device=alice-mac\n", "requires:")),
+            "{out}"
+        );
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub struct RawExecutor {
     pub output_limit_bytes: Option<usize>,
     #[serde(default, with = "human_duration::option")]
     pub shutdown_grace: Option<Duration>,
+    /// Placement labels of the in-process executor (`key=value`): it claims
+    /// pinned jobs whose requirements are all among them.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +192,8 @@ pub struct Config {
     pub kill_grace: Duration,
     pub output_limit: usize,
     pub shutdown_grace: Duration,
+    /// The in-process executor's placement labels (validated).
+    pub labels: Vec<String>,
     pub global_limit: Option<u32>,
     pub queues: BTreeMap<String, RawQueueSettings>,
     pub kinds: HashMap<String, CommandTemplate>,
@@ -291,6 +297,10 @@ impl Config {
         if slots == 0 || slots > 10_000 {
             bail!("executor.slots: must be between 1 and 10000");
         }
+        for (i, l) in raw.executor.labels.iter().enumerate() {
+            reeve_core::placement::label(&format!("executor.labels[{i}]"), l)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         let max_payload_bytes = raw
             .server
             .max_payload_bytes
@@ -344,6 +354,7 @@ impl Config {
                 .executor
                 .shutdown_grace
                 .unwrap_or(Duration::from_secs(30)),
+            labels: raw.executor.labels,
             global_limit: raw.limits.global,
             queues: raw
                 .queues
@@ -590,6 +601,18 @@ mod tests {
     }
 
     #[test]
+    fn the_placement_example_loads() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/placement");
+        let files =
+            crate::schedule_files::read(&[PathBuf::from(format!("{root}/watcher.toml"))]).unwrap();
+        let loaded = reeve_schedule::load_all(&files).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].spec.job.requires, ["device=alice-mac"]);
+        let kinds = kinds_of_file(Path::new(&format!("{root}/worker.toml"))).unwrap();
+        assert!(kinds.contains_key("watch"));
+    }
+
+    #[test]
     fn schedule_settings_are_checked() {
         let c = parse("[schedules]\npressure_delay = \"5s\"\npause_after_failures = 0\n").unwrap();
         assert_eq!(c.pressure_delay, Duration::from_secs(5));
@@ -637,6 +660,17 @@ mod tests {
         assert!(e.contains("kinds.x.command"), "{e}");
         let e = parse("[retry]\nfactor = 0.1\n").unwrap_err().to_string();
         assert!(e.contains("retry.factor"), "{e}");
+    }
+
+    #[test]
+    fn executor_labels_default_to_none_and_are_checked() {
+        assert!(parse("").unwrap().labels.is_empty());
+        let c = parse("[executor]\nlabels = [\"device=build-box\", \"gpu=1\"]\n").unwrap();
+        assert_eq!(c.labels, ["device=build-box", "gpu=1"]);
+        let e = parse("[executor]\nlabels = [\"device=a\", \"gpu\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("executor.labels[1]"), "{e}");
     }
 
     #[test]

@@ -130,6 +130,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         max_request_bytes: config.max_request_bytes,
         max_payload_bytes: config.max_payload_bytes,
         worker_tokens: config.worker_tokens.clone(),
+        worker_stale_after: config.store.default_heartbeat_timeout,
+        // An executor with nothing to run claims nothing: it can take no
+        // pinned job either.
+        executor_labels: if handlers.is_empty() {
+            Vec::new()
+        } else {
+            config.labels.clone()
+        },
         ..ApiConfig::with_admin_token(config.admin_token.clone())
     };
     let job_tokens = api_config.job_tokens.clone();
@@ -151,6 +159,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     engine_config.output_limit = config.output_limit;
     engine_config.supervision = config.supervision;
     engine_config.delivery_retention = config.retention;
+    engine_config.labels = config.labels.clone();
     let engine = Engine::start(store.clone(), engine_config, handlers);
     // Always running, so that rows left for a webhook no longer configured
     // are given up (with a warning) instead of waiting forever.

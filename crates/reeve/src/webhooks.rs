@@ -562,6 +562,7 @@ mod tests {
                 kinds: reeve_store::KindFilter::Any,
                 limit: 1,
                 heartbeats: true,
+                labels: Vec::new(),
             })
             .await
             .unwrap()

@@ -135,6 +135,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.slots == 0 || args.slots > 1000 {
         bail!("--slots: must be between 1 and 1000");
     }
+    for l in &args.labels {
+        reeve_core::placement::label("--label", l).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let templates = match &args.config {
         Some(path) => crate::config::kinds_of_file(path)?,
         None => HashMap::new(),

@@ -1,5 +1,7 @@
 //! `/jobs` (filters, keyset paging) and `/jobs/{id}` (the job, its event
-//! timeline, live output tail, turns against budget; cancel / retry). The
+//! timeline, live output tail, turns against budget, its placement
+//! requirements and, while no live worker can take it, what it waits for;
+//! cancel / retry). The
 //! detail page refreshes itself while the job is not finished, so a state
 //! change shows without a reload.
 
@@ -148,6 +150,7 @@ pub async fn detail(
     let now = store.now().await?;
     let checkpoint = store.load_checkpoint(id).await?;
     let mail = store.read_mail(id, false).await?;
+    let waiting_for = reeve_api::waiting_for(&state, &job).await?;
 
     let mut main = format!(
         "<h1>Job #{} {}{}</h1><p class=\"sub\">{} in queue {}{}</p>",
@@ -181,6 +184,14 @@ pub async fn detail(
     if !actions.is_empty() {
         let _ = write!(main, "<p class=\"actions\">{actions}</p>");
     }
+    if let Some(waiting) = &waiting_for {
+        let _ = write!(
+            main,
+            "<p class=\"waiting\" id=\"job-waiting\">{} waiting for {}</p>",
+            badge("pinned"),
+            esc(waiting)
+        );
+    }
     let mut kv: Vec<(&str, String)> = vec![
         (
             "state",
@@ -191,6 +202,18 @@ pub async fn detail(
             format!("{} of {}", job.attempt, job.max_attempts),
         ),
         ("epoch", job.epoch.to_string()),
+        (
+            "requires",
+            if job.requires.is_empty() {
+                "—".into()
+            } else {
+                job.requires
+                    .iter()
+                    .map(|l| format!("<code>{}</code>", esc(l)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        ),
         (
             "idempotency key",
             format!("<code>{}</code>", esc(&job.idempotency_key)),

@@ -53,14 +53,14 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> PageResu
     let registered = store
         .list_workers(200, std::time::Duration::from_secs(3600))
         .await?;
-    let stale_after = reeve_core::time::duration_millis(reeve_core::job::DEFAULT_HEARTBEAT_TIMEOUT);
+    let stale_after = state.config.worker_stale_after;
     let remote: Vec<Vec<String>> = registered
         .iter()
         .map(|w| {
             let running = claimers.remove(&w.id).map_or(0, |c| c.runs);
             let status = if w.deregistered_at.is_some() {
                 badge("gone")
-            } else if w.last_seen_at.millis_until(now) > stale_after {
+            } else if w.is_stale(now, stale_after) {
                 badge("stale")
             } else {
                 badge("active")
