@@ -15,7 +15,9 @@
 //! - a succeeded job with a follow-up has exactly one, others none;
 //! - every acknowledged enqueue is in the store;
 //! - runs orphaned by a fault are reclaimed within the heartbeat timeout and
-//!   a margin (and the latencies are reported).
+//!   a margin, counted from the later of the orphaning and the heal of any
+//!   daemon or database fault that stood in the reaper's way (both
+//!   latencies are reported).
 //!
 //! **Invariant:** the checker is a pure function of the history, so it can
 //! be tested on synthetic histories (below), including ones with the very
@@ -79,6 +81,11 @@ pub struct Findings {
     /// Violations per invariant (every invariant checked is listed, with 0).
     pub by_invariant: BTreeMap<String, usize>,
     pub reclaim: Latencies,
+    /// How long after its due time each orphan was reclaimed: due is the
+    /// heartbeat timeout after the fault, or the last heal of a daemon or
+    /// database fault that overlapped its wait, whichever is later.
+    #[serde(default)]
+    pub reclaim_after_due: Latencies,
     /// The highest running count seen, globally and per queue, replayed.
     pub max_running: BTreeMap<String, u64>,
     pub jobs_by_state: BTreeMap<String, usize>,
@@ -368,8 +375,22 @@ pub fn check(h: &History) -> Findings {
         }
     }
 
-    // Orphans: the runs a struck process held, ended as heartbeat_lost.
+    // Orphans: the runs a struck process held, ended as heartbeat_lost. The
+    // reaper runs on the leader, against the database: while a daemon or the
+    // database is itself under a fault, reaping waits for it to heal (and for
+    // a takeover). So a reclaim is late only past the heartbeat timeout and
+    // the margin counted from the later of the orphaning and the last heal of
+    // a control-plane fault active while the run waited.
+    let control_plane: Vec<(i64, i64)> = h
+        .faults
+        .iter()
+        .filter(|x| {
+            x.skipped.is_none() && (x.target.starts_with("daemon") || x.target == "database")
+        })
+        .map(|x| (x.at, x.healed_at))
+        .collect();
     let mut latencies = Vec::new();
+    let mut beyond_recovery = Vec::new();
     for fault in h.faults.iter().filter(|x| x.skipped.is_none()) {
         for r in &runs {
             let Some(worker) = &r.worker else { continue };
@@ -384,20 +405,33 @@ pub fn check(h: &History) -> Findings {
             }
             let latency = end - fault.at;
             latencies.push(latency);
+            let recovered = control_plane
+                .iter()
+                .filter(|(at, healed)| *at <= *end && *healed >= fault.at)
+                .map(|(_, healed)| *healed)
+                .max()
+                .unwrap_or(fault.at)
+                .max(fault.at);
             let timeout = jobs.get(&r.job).map_or(0, |j| j.heartbeat_timeout_ms);
-            if latency > timeout + RECLAIM_MARGIN_MS {
+            let due = (fault.at + timeout).max(recovered);
+            beyond_recovery.push((end - due).max(0));
+            if *end > due + RECLAIM_MARGIN_MS {
                 violate(
                     &mut f,
                     "late_reclaim",
                     Some(r.job),
                     format!(
-                        "run at epoch {} orphaned by {} on {} was reclaimed after {latency} ms",
-                        r.epoch, fault.kind, fault.target
+                        "run at epoch {} orphaned by {} on {} was reclaimed after {latency} ms ({} ms past its due time)",
+                        r.epoch,
+                        fault.kind,
+                        fault.target,
+                        end - due
                     ),
                 );
             }
         }
     }
+    f.reclaim_after_due = Latencies::of(beyond_recovery);
     f.reclaim = Latencies::of(latencies);
 
     for place in &h.secret_sightings {
@@ -733,5 +767,50 @@ mod tests {
         let f = check(&h);
         assert_eq!(f.by_invariant["late_reclaim"], 0);
         assert_eq!(f.reclaim.max_ms, Some(3000));
+    }
+
+    #[test]
+    fn a_reclaim_delayed_by_a_control_plane_fault_is_due_after_it_heals() {
+        let mut ev = Events(Vec::new());
+        ev.push(1, 0, "enqueued", 0, "client")
+            .push_by(1, 100, "claimed", 1, "executor", Some("w-a"), None)
+            .push_by(
+                1,
+                12_000,
+                "retryable",
+                1,
+                "reaper",
+                None,
+                Some("heartbeat_lost"),
+            )
+            .push(1, 12_100, "available", 1, "engine")
+            .push_by(1, 12_200, "claimed", 2, "executor", Some("w-b"), None)
+            .push(1, 12_300, "succeeded", 2, "executor");
+        let mut h = clean();
+        h.jobs = vec![job(1, "q", "succeeded")];
+        h.events = ev.0;
+        h.acknowledged = vec![1];
+        h.accepted_writes.clear();
+        let fault = |kind: &str, target: &str, at, healed_at, ids: &[&str]| InjectedFault {
+            kind: kind.into(),
+            target: target.into(),
+            at,
+            healed_at,
+            identities: ids.iter().map(|s| s.to_string()).collect(),
+            skipped: None,
+        };
+        h.faults = vec![fault("kill_worker", "worker:0", 1000, 2000, &["w-a"])];
+        assert_eq!(
+            check(&h).by_invariant["late_reclaim"],
+            1,
+            "11 s with no excuse"
+        );
+        // The database was down until 9 s: due at 9 s, reclaimed 3 s later.
+        h.faults
+            .push(fault("pg_restart", "database", 2500, 9000, &[]));
+        let f = check(&h);
+        assert_eq!(f.by_invariant["late_reclaim"], 0);
+        assert_eq!(f.reclaim.max_ms, Some(11_000));
+        assert_eq!(f.reclaim_after_due.max_ms, Some(3000));
     }
 }

@@ -37,6 +37,7 @@ pub struct Report {
     /// The first violations, for a look.
     pub examples: Vec<crate::check::Violation>,
     pub reclaim_latency: Latencies,
+    pub reclaim_after_due: Latencies,
     pub throughput_calm_per_s: f64,
     pub throughput_chaos_per_s: f64,
     pub max_running: BTreeMap<String, u64>,
@@ -95,6 +96,7 @@ pub fn build(seed: u64, command: String, h: &History, f: &Findings, facts: &RunF
         violations_by_invariant: f.by_invariant.clone(),
         examples: f.violations.iter().take(20).cloned().collect(),
         reclaim_latency: f.reclaim.clone(),
+        reclaim_after_due: f.reclaim_after_due.clone(),
         throughput_calm_per_s: finished_per_second(h, h.calm),
         throughput_chaos_per_s: finished_per_second(h, h.chaos),
         max_running: f.max_running.clone(),
@@ -162,6 +164,14 @@ pub fn table(r: &Report) -> String {
         ms(r.reclaim_latency.p50_ms),
         ms(r.reclaim_latency.p99_ms),
         ms(r.reclaim_latency.max_ms)
+    );
+    let _ = writeln!(
+        s,
+        "reclaimed after due (heartbeat timeout, or the heal of a daemon/database fault in the way): p50 {}, p99 {}, max {} (allowed {} ms)",
+        ms(r.reclaim_after_due.p50_ms),
+        ms(r.reclaim_after_due.p99_ms),
+        ms(r.reclaim_after_due.max_ms),
+        crate::check::RECLAIM_MARGIN_MS
     );
     let ratio = if r.throughput_calm_per_s > 0.0 {
         r.throughput_chaos_per_s / r.throughput_calm_per_s

@@ -741,6 +741,32 @@ async fn strike(
     injected: Arc<Mutex<Vec<InjectedFault>>>,
     http: reqwest::Client,
 ) {
+    // A daemon fault waits (bounded) for its target to be up and not under
+    // another fault; a leader fault for a leader to be known and up, so
+    // that overlapping runtime targets do not turn into skipped faults.
+    let ready_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = {
+            let mut f = fleet.lock().expect("fleet");
+            let index = match fault.target {
+                Target::Daemon(i) => Some(i),
+                Target::Leader => f.leader,
+                _ => None,
+            };
+            match (fault.target, index) {
+                (Target::Daemon(_) | Target::Leader, Some(i)) => {
+                    let up = !f.daemons[i].paused && f.daemons[i].alive();
+                    up && (fault.target != Target::Leader || f.daemon_ids[i].is_some())
+                }
+                (Target::Leader, None) => false,
+                _ => true,
+            }
+        };
+        if ready || tokio::time::Instant::now() > ready_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let at = now_ms();
     let mut record = InjectedFault {
         kind: fault.kind.as_str().to_string(),
