@@ -81,6 +81,17 @@ struct Fleet {
     netns: bool,
 }
 
+impl Fleet {
+    /// Worker `i`'s latest registration id, as the identities of a fault.
+    fn worker_identity(&self, i: usize) -> Vec<String> {
+        self.worker_ids
+            .get(&format!("w{i}"))
+            .cloned()
+            .into_iter()
+            .collect()
+    }
+}
+
 type Shared = Arc<Mutex<Fleet>>;
 
 fn now_ms() -> i64 {
@@ -561,24 +572,26 @@ async fn wait_healthy(url: &str, limit: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// A GET with the admin token, answered as JSON within 500 ms, or nothing.
+async fn admin_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?
+        .json::<Value>()
+        .await
+        .ok()
+}
+
 /// Keeps the daemons' identities and the leader, and the workers'
 /// registration ids, up to date (every 300 ms).
 async fn watch(fleet: Shared, http: reqwest::Client, stop: tokio_util_like::Stop) {
     let urls = fleet.lock().expect("fleet").daemon_urls.clone();
     while !stop.is_stopped() {
         for (i, url) in urls.iter().enumerate() {
-            let status = async {
-                http.get(format!("{url}/v1/status"))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                    .ok()?
-                    .json::<Value>()
-                    .await
-                    .ok()
-            }
-            .await;
+            let status = admin_json(&http, &format!("{url}/v1/status")).await;
             if let Some(s) = status {
                 let mut f = fleet.lock().expect("fleet");
                 f.daemon_ids[i] = s["worker_id"].as_str().map(str::to_string);
@@ -588,18 +601,7 @@ async fn watch(fleet: Shared, http: reqwest::Client, stop: tokio_util_like::Stop
             }
         }
         for url in &urls {
-            let list = async {
-                http.get(format!("{url}/v1/workers"))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                    .ok()?
-                    .json::<Value>()
-                    .await
-                    .ok()
-            }
-            .await;
+            let list = admin_json(&http, &format!("{url}/v1/workers")).await;
             if let Some(list) = list {
                 let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
                 for w in list["workers"].as_array().into_iter().flatten() {
@@ -783,12 +785,7 @@ async fn strike(
                 record.target = format!("worker:{i}");
                 {
                     let mut f = fleet.lock().expect("fleet");
-                    record.identities = f
-                        .worker_ids
-                        .get(&format!("w{i}"))
-                        .cloned()
-                        .into_iter()
-                        .collect();
+                    record.identities = f.worker_identity(i);
                     f.workers[i].kill9();
                 }
                 tokio::time::sleep(hold).await;
@@ -826,12 +823,7 @@ async fn strike(
                 record.target = format!("worker:{i}");
                 {
                     let mut f = fleet.lock().expect("fleet");
-                    record.identities = f
-                        .worker_ids
-                        .get(&format!("w{i}"))
-                        .cloned()
-                        .into_iter()
-                        .collect();
+                    record.identities = f.worker_identity(i);
                     if !f.workers[i].pause() {
                         return Err("the worker was not running".into());
                     }
@@ -855,28 +847,14 @@ async fn strike(
             }
             (FaultKind::NetCut, Target::Worker(i)) => {
                 record.target = format!("worker:{i}");
-                record.identities = fleet
-                    .lock()
-                    .expect("fleet")
-                    .worker_ids
-                    .get(&format!("w{i}"))
-                    .cloned()
-                    .into_iter()
-                    .collect();
+                record.identities = fleet.lock().expect("fleet").worker_identity(i);
                 Network::set_link(i, false).map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;
                 Network::set_link(i, true).map_err(|e| e.to_string())
             }
             (FaultKind::NetLoss, Target::Worker(i)) => {
                 record.target = format!("worker:{i}");
-                record.identities = fleet
-                    .lock()
-                    .expect("fleet")
-                    .worker_ids
-                    .get(&format!("w{i}"))
-                    .cloned()
-                    .into_iter()
-                    .collect();
+                record.identities = fleet.lock().expect("fleet").worker_identity(i);
                 Network::set_loss(i, Some(fault.loss_percent.unwrap_or(30)))
                     .map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;

@@ -17,56 +17,10 @@ use std::time::{Duration, Instant};
 use common::{Daemon, pid_alive, wait_until};
 use serde_json::json;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use common::pg::{Schema, psql, url as pg_url};
 
-fn pg_url() -> String {
-    std::env::var("REEVE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_string())
-}
-
-/// Runs SQL through psql; returns its output (unaligned, tuples only).
-fn psql(sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .arg(pg_url())
-        .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// A schema of its own for one test; `None` (after saying why) when there
-/// is no server to test against outside CI.
-struct Schema(String);
-
+/// What these tests add to the shared schema helper.
 impl Schema {
-    fn new(tag: &str) -> Option<Schema> {
-        if let Err(e) = psql("SELECT 1") {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "CI is set but PostgreSQL at {} cannot be reached: {e}",
-                    pg_url()
-                );
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping PostgreSQL test {tag}: cannot reach {} ({e}); set REEVE_TEST_PG_URL",
-                pg_url()
-            );
-            return None;
-        }
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("reeve_bb_{tag}_{:x}", nonce & 0xffff_ffff);
-        psql(&format!("CREATE SCHEMA {name}")).expect("create schema");
-        Some(Schema(name))
-    }
-
     fn config(&self, extra: &str) -> String {
         format!(
             "[postgres]\nschema = \"{}\"\n[retry]\nbase = \"200ms\"\nmax = \"1s\"\njitter = 0.0\n[executor]\nslots = 4\nkill_grace = \"1s\"\n{extra}",
@@ -84,12 +38,6 @@ impl Schema {
         psql(&sql)
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
     }
 }
 
