@@ -4,7 +4,7 @@
 # server of its own). Usage:
 #   scripts/pg-throwaway.sh start DIR PORT   # initdb (trust auth) + start on 127.0.0.1:PORT
 #   scripts/pg-throwaway.sh restart DIR      # fast restart
-#   scripts/pg-throwaway.sh stop DIR         # stop (the data stays in DIR)
+#   scripts/pg-throwaway.sh stop DIR [MODE]  # stop, fast or immediate (the data stays in DIR)
 # Prints nothing on success. Needs the PostgreSQL server binaries
 # (/usr/lib/postgresql/*/bin); run as root it runs the server as `postgres`.
 set -euo pipefail
@@ -26,6 +26,6 @@ case "$cmd" in
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
     ;;
   restart) as_owner "$bin/pg_ctl" -D "$dir" -m fast -w -t 30 restart >/dev/null ;;
-  stop) as_owner "$bin/pg_ctl" -D "$dir" -m fast -w -t 30 stop >/dev/null ;;
+  stop) as_owner "$bin/pg_ctl" -D "$dir" -m "${3:-fast}" -w -t 30 stop >/dev/null ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

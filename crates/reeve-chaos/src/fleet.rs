@@ -174,21 +174,33 @@ pub struct Network {
     created_bridge: bool,
 }
 
-const BRIDGE: &str = "rchaos-br";
-const SUBNET: &str = "10.213.77";
+/// A tag of this run (from its process id) in every interface and
+/// namespace name and in the subnet, so two runs on one machine never touch
+/// each other's network.
+fn run_tag() -> u32 {
+    std::process::id() % 10_000
+}
+
+fn bridge() -> String {
+    format!("rc{}br", run_tag())
+}
+
+fn subnet() -> String {
+    format!("10.213.{}", 20 + run_tag() % 200)
+}
 
 impl Network {
     /// The namespace of worker `i`.
     pub fn namespace(i: usize) -> String {
-        format!("rchaos-w{i}")
+        format!("rc{}w{i}", run_tag())
     }
 
     fn host_veth(i: usize) -> String {
-        format!("rchaos-h{i}")
+        format!("rc{}h{i}", run_tag())
     }
 
     fn ns_veth(i: usize) -> String {
-        format!("rchaos-n{i}")
+        format!("rc{}n{i}", run_tag())
     }
 
     /// Whether namespaces can be made here (root and `ip`).
@@ -207,17 +219,19 @@ impl Network {
     pub fn create(workers: usize) -> anyhow::Result<Network> {
         Self::remove_leftovers(workers);
         let mut net = Network {
-            bridge_ip: format!("{SUBNET}.1"),
+            bridge_ip: format!("{}.1", subnet()),
             namespaces: Vec::new(),
             created_bridge: false,
         };
-        sh("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
+        let br = bridge();
+        let br = br.as_str();
+        sh("ip", &["link", "add", br, "type", "bridge"])?;
         net.created_bridge = true;
         sh(
             "ip",
-            &["addr", "add", &format!("{SUBNET}.1/24"), "dev", BRIDGE],
+            &["addr", "add", &format!("{}.1/24", subnet()), "dev", br],
         )?;
-        sh("ip", &["link", "set", BRIDGE, "up"])?;
+        sh("ip", &["link", "set", br, "up"])?;
         for i in 0..workers {
             let ns = Self::namespace(i);
             sh("ip", &["netns", "add", &ns])?;
@@ -228,8 +242,8 @@ impl Network {
                 &["link", "add", &h, "type", "veth", "peer", "name", &n],
             )?;
             sh("ip", &["link", "set", &n, "netns", &ns])?;
-            sh("ip", &["link", "set", &h, "master", BRIDGE, "up"])?;
-            let addr = format!("{SUBNET}.{}/24", 10 + i);
+            sh("ip", &["link", "set", &h, "master", br, "up"])?;
+            let addr = format!("{}.{}/24", subnet(), 10 + i);
             sh(
                 "ip",
                 &["netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &n],
@@ -248,7 +262,7 @@ impl Network {
             let _ = sh("ip", &["netns", "del", &Self::namespace(i)]);
             let _ = sh("ip", &["link", "del", &Self::host_veth(i)]);
         }
-        let _ = sh("ip", &["link", "del", BRIDGE]);
+        let _ = sh("ip", &["link", "del", &bridge()]);
     }
 
     /// The wrapper that runs a program in worker `i`'s namespace.
@@ -332,7 +346,7 @@ impl Drop for Network {
             let _ = sh("ip", &["link", "del", &Self::host_veth(i)]);
         }
         if self.created_bridge {
-            let _ = sh("ip", &["link", "del", BRIDGE]);
+            let _ = sh("ip", &["link", "del", &bridge()]);
         }
     }
 }
@@ -370,20 +384,32 @@ impl Database {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Stops the server at once (`immediate`: as a crash would, with
+    /// recovery at the next start), so that no client can hold it up. It
+    /// counts as down even if the stop reports an error.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        self.run(&["stop", &self.dir.display().to_string()])?;
         self.down = true;
-        Ok(())
+        self.run(&["stop", &self.dir.display().to_string(), "immediate"])
     }
 
+    /// Starts it again, retrying a few times (a stop may still be ending).
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.run(&[
-            "start",
-            &self.dir.display().to_string(),
-            &self.port.to_string(),
-        ])?;
-        self.down = false;
-        Ok(())
+        let mut last = None;
+        for _ in 0..5 {
+            match self.run(&[
+                "start",
+                &self.dir.display().to_string(),
+                &self.port.to_string(),
+            ]) {
+                Ok(()) => {
+                    self.down = false;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        Err(last.expect("five attempts"))
     }
 }
 

@@ -864,10 +864,11 @@ async fn strike(
                 record.target = "database".into();
                 let stopped =
                     tokio::task::block_in_place(|| fleet.lock().expect("fleet").database.stop());
-                stopped.map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;
-                tokio::task::block_in_place(|| fleet.lock().expect("fleet").database.restart())
-                    .map_err(|e| e.to_string())
+                // Started again whatever the stop said: it counts as down.
+                let started =
+                    tokio::task::block_in_place(|| fleet.lock().expect("fleet").database.restart());
+                stopped.and(started).map_err(|e| e.to_string())
             }
             (kind, target) => Err(format!("{kind:?} cannot strike {target:?}")),
         }
