@@ -59,6 +59,11 @@ impl Proc {
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
+        // Never lose the handle of a live incarnation (it would outlive the run).
+        if self.alive() {
+            self.resume();
+            self.kill9();
+        }
         let out = OpenOptions::new()
             .create(true)
             .append(true)
