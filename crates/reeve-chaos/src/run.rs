@@ -205,6 +205,19 @@ payload = { ms = 600, fail = 0 }
 pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
     std::fs::create_dir_all(&o.out)?;
     let out = o.out.canonicalize()?;
+    // Logs are appended across a process's restarts: clear those of an
+    // earlier run in the same directory, or their lines would join this
+    // run's history.
+    for e in std::fs::read_dir(&out)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".log")
+            || name.ends_with(".html")
+            || name.ends_with(".json")
+            || name.ends_with(".txt")
+        {
+            std::fs::remove_file(e.path())?;
+        }
+    }
     let ledger = out.join("ledger");
     let _ = std::fs::remove_dir_all(&ledger);
     std::fs::create_dir_all(ledger.join("applied"))?;
