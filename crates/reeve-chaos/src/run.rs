@@ -210,11 +210,20 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
     // run's history.
     for e in std::fs::read_dir(&out)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".log")
-            || name.ends_with(".html")
-            || name.ends_with(".json")
-            || name.ends_with(".txt")
-        {
+        let ours = ((name.starts_with("daemon") || name.starts_with("worker"))
+            && name.ends_with(".log"))
+            || (name.starts_with("dashboard") && name.ends_with(".html"))
+            || [
+                "history.json",
+                "facts.json",
+                "report.json",
+                "plan.json",
+                "report.txt",
+                "metrics.txt",
+                "status.json",
+            ]
+            .contains(&name.as_str());
+        if ours {
             std::fs::remove_file(e.path())?;
         }
     }
