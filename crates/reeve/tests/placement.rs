@@ -9,10 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, wait_until};
+use common::{BIN, ChildGuard as Worker, Daemon, wait_until};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-token-of-the-placement-test";
@@ -31,27 +31,7 @@ exec sleep "$nap"
 "#;
 
 fn daemon(dir: &Path) -> Daemon {
-    std::fs::write(dir.join("admin"), ADMIN).unwrap();
-    std::fs::write(dir.join("worker"), WORKER).unwrap();
-    let config = format!(
-        "[server]\nadmin_token_file = \"{0}/admin\"\n\
-         [[worker_tokens]]\nname = \"agents\"\ntoken_file = \"{0}/worker\"\nkinds = [\"agent\"]\n\
-         [defaults]\nheartbeat_timeout = \"3s\"\n\
-         [retry]\nbase = \"200ms\"\nmax = \"1s\"\njitter = 0.0\n\
-         [executor]\ncommands = false\n",
-        dir.display()
-    );
-    Daemon::start(dir, "d", &dir.join("reeve.db"), &config)
-}
-
-/// A `reeve worker` process, killed if the test ends while it runs.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    common::fleet_daemon(dir, ADMIN, WORKER)
 }
 
 fn worker(dir: &Path, url: &str, name: &str, labels: &[&str]) -> Worker {

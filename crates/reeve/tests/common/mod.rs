@@ -277,3 +277,31 @@ pub fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A daemon for the remote-worker tests: the admin and worker tokens by
+/// file, a worker token for kind `agent`, a 3 s heartbeat timeout, quick
+/// retries, and no ad-hoc commands run by the daemon itself.
+pub fn fleet_daemon(dir: &Path, admin: &str, worker: &str) -> Daemon {
+    std::fs::write(dir.join("admin"), admin).unwrap();
+    std::fs::write(dir.join("worker"), worker).unwrap();
+    let config = format!(
+        "[server]\nadmin_token_file = \"{0}/admin\"\n\
+         [[worker_tokens]]\nname = \"agents\"\ntoken_file = \"{0}/worker\"\nkinds = [\"agent\"]\n\
+         [defaults]\nheartbeat_timeout = \"3s\"\n\
+         [retry]\nbase = \"200ms\"\nmax = \"1s\"\njitter = 0.0\n\
+         [executor]\ncommands = false\n",
+        dir.display()
+    );
+    Daemon::start(dir, "d", &dir.join("reeve.db"), &config)
+}
+
+/// A child process (a `reeve worker`, say), killed if the test ends while
+/// it runs.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
