@@ -425,12 +425,7 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
     let origin = tokio::time::Instant::now();
     for fault in faults {
         tokio::time::sleep_until(origin + Duration::from_millis(fault.at_ms)).await;
-        strikes.push(tokio::spawn(strike(
-            fleet.clone(),
-            fault,
-            injected.clone(),
-            http.clone(),
-        )));
+        strikes.push(tokio::spawn(strike(fleet.clone(), fault, injected.clone())));
     }
     let chaos_deadline = origin + o.duration;
     tokio::time::sleep_until(chaos_deadline).await;
@@ -759,12 +754,7 @@ fn new_job(rng: &mut StdRng, seed: u64, n: u64) -> Value {
 }
 
 /// Injects one fault and heals it after its hold.
-async fn strike(
-    fleet: Shared,
-    fault: Fault,
-    injected: Arc<Mutex<Vec<InjectedFault>>>,
-    http: reqwest::Client,
-) {
+async fn strike(fleet: Shared, fault: Fault, injected: Arc<Mutex<Vec<InjectedFault>>>) {
     // A daemon fault waits (bounded) for its target to be up and not under
     // another fault; a leader fault for a leader to be known and up, so
     // that overlapping runtime targets do not turn into skipped faults.
@@ -896,7 +886,6 @@ async fn strike(
         }
     }
     .await;
-    let _ = &http;
     record.healed_at = now_ms();
     if let Err(why) = result {
         record.skipped = Some(why);
