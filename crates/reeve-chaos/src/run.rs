@@ -755,24 +755,32 @@ fn new_job(rng: &mut StdRng, seed: u64, n: u64) -> Value {
 
 /// Injects one fault and heals it after its hold.
 async fn strike(fleet: Shared, fault: Fault, injected: Arc<Mutex<Vec<InjectedFault>>>) {
-    // A daemon fault waits (bounded) for its target to be up and not under
-    // another fault; a leader fault for a leader to be known and up, so
-    // that overlapping runtime targets do not turn into skipped faults.
-    let ready_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    // A daemon fault waits (bounded) for a daemon that is up and under no
+    // other fault: its planned one, or else any other (the plan cannot know
+    // which daemon a leader fault takes down). A leader fault waits for a
+    // known leader that is up. So overlapping runtime targets turn into
+    // retargeted or slightly later faults, not skipped ones.
+    let ready_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut fault = fault;
     loop {
         let ready = {
             let mut f = fleet.lock().expect("fleet");
-            let index = match fault.target {
-                Target::Daemon(i) => Some(i),
-                Target::Leader => f.leader,
-                _ => None,
-            };
-            match (fault.target, index) {
-                (Target::Daemon(_) | Target::Leader, Some(i)) => {
-                    let up = !f.daemons[i].paused && f.daemons[i].alive();
-                    up && (fault.target != Target::Leader || f.daemon_ids[i].is_some())
+            let up: Vec<bool> = (0..f.daemons.len())
+                .map(|i| !f.daemons[i].paused && f.daemons[i].alive())
+                .collect();
+            match fault.target {
+                Target::Daemon(i) if up[i] => true,
+                // The next one round from the planned daemon, to spread them.
+                Target::Daemon(i) => {
+                    match (1..up.len()).map(|k| (i + k) % up.len()).find(|&j| up[j]) {
+                        Some(j) => {
+                            fault.target = Target::Daemon(j);
+                            true
+                        }
+                        None => false,
+                    }
                 }
-                (Target::Leader, None) => false,
+                Target::Leader => f.leader.is_some_and(|i| up[i] && f.daemon_ids[i].is_some()),
                 _ => true,
             }
         };
