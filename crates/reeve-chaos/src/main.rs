@@ -245,7 +245,7 @@ fn run_command(a: RunArgs) -> anyhow::Result<ExitCode> {
     let ok = if a.expect_violations {
         r.violations > 0
     } else {
-        r.violations == 0 && facts.drained
+        r.violations == 0 && facts.drained && r.kinds_never_injected().is_empty()
     };
     Ok(if ok {
         ExitCode::SUCCESS

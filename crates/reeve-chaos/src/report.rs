@@ -46,6 +46,23 @@ pub struct Report {
     pub drained: bool,
 }
 
+impl Report {
+    /// The planned fault kinds of which not one was injected (a missing
+    /// tool, say): a run that never struck a kind it promised proves
+    /// nothing about it, so it does not pass.
+    pub fn kinds_never_injected(&self) -> Vec<&str> {
+        never_injected(&self.faults)
+    }
+}
+
+fn never_injected(faults: &BTreeMap<String, FaultCount>) -> Vec<&str> {
+    faults
+        .iter()
+        .filter(|(_, c)| c.planned > 0 && c.injected == 0)
+        .map(|(k, _)| k.as_str())
+        .collect()
+}
+
 fn finished_per_second(h: &History, (from, to): (i64, i64)) -> f64 {
     if to <= from {
         return 0.0;
@@ -152,6 +169,10 @@ pub fn table(r: &Report) -> String {
         );
     }
     let _ = writeln!(s, "{:<14} {:>8} {:>9}", "total", "", r.faults_injected);
+    let never = r.kinds_never_injected();
+    if !never.is_empty() {
+        let _ = writeln!(s, "NEVER INJECTED (the run fails): {}", never.join(", "));
+    }
     let _ = writeln!(s, "\n{:<24} {:>10}", "invariant", "violations");
     for (inv, n) in &r.violations_by_invariant {
         let _ = writeln!(s, "{inv:<24} {n:>10}");
@@ -211,4 +232,25 @@ pub fn table(r: &Report) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planned_kind_never_injected_is_named() {
+        let count = |planned, injected| FaultCount {
+            planned,
+            injected,
+            skipped: planned - injected,
+        };
+        let faults = BTreeMap::from([
+            ("kill_worker".to_string(), count(10, 10)),
+            ("net_loss".to_string(), count(10, 0)),
+            ("pg_restart".to_string(), count(10, 1)),
+            ("net_cut".to_string(), count(0, 0)),
+        ]);
+        assert_eq!(never_injected(&faults), vec!["net_loss"]);
+    }
 }
