@@ -612,8 +612,12 @@ async fn watch(fleet: Shared, http: reqwest::Client, stop: tokio_util_like::Stop
             if let Some(s) = status {
                 let mut f = fleet.lock().expect("fleet");
                 f.daemon_ids[i] = s["worker_id"].as_str().map(str::to_string);
-                if s["leader"].as_bool() == Some(true) {
-                    f.leader = Some(i);
+                match s["leader"].as_bool() {
+                    Some(true) => f.leader = Some(i),
+                    // Deposed (a pause outlived its lock): no longer the one
+                    // a leader fault must strike.
+                    Some(false) if f.leader == Some(i) => f.leader = None,
+                    _ => {}
                 }
             }
         }
@@ -760,7 +764,14 @@ async fn strike(fleet: Shared, fault: Fault, injected: Arc<Mutex<Vec<InjectedFau
     // which daemon a leader fault takes down). A leader fault waits for a
     // known leader that is up. So overlapping runtime targets turn into
     // retargeted or slightly later faults, not skipped ones.
-    let ready_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Leader faults come every few seconds and each must wait out an
+    // election, so they queue behind one another: they wait longer.
+    let patience = if fault.target == Target::Leader {
+        60
+    } else {
+        30
+    };
+    let ready_by = tokio::time::Instant::now() + Duration::from_secs(patience);
     let mut fault = fault;
     loop {
         let ready = {
