@@ -15,8 +15,10 @@
 //! unique key's holder) or requests a cancel of a running one, and the
 //! writes that end jobs (finish, cancel, reap) settle them into their
 //! schedules' rows ([`settle_jobs`]); those writes therefore lock the
-//! schedules of their jobs first ([`now_locking_schedules_of`],
-//! [`lock_schedules_of`]), so the two never wait on each other in a cycle.
+//! schedules of their jobs first ([`lock_schedules_of`]), so the two never
+//! wait on each other in a cycle. Those writes read the clock only once
+//! their job rows are locked, so a write that waited for a racing one is
+//! stamped after it.
 //! Settlements of one schedule are serialized on its row (`FOR UPDATE`
 //! before its streaks are read), as are deferrals ([`defer_firing`]).
 //! Raises and clears of pressure signals are serialized by an advisory
@@ -867,30 +869,6 @@ pub(crate) async fn lock_schedules_of(tx: &mut Tx, ids: &[JobId]) -> Result<()> 
     .await
     .map_err(db_error)?;
     Ok(())
-}
-
-/// [`lock_schedules_of`] and the database's clock (as `db_now` reads it,
-/// after the locks are granted) in one statement: the first statement of a
-/// write that may end jobs, so the locks cost no extra round trip.
-pub(crate) async fn now_locking_schedules_of(
-    store: &PostgresStore,
-    tx: &mut Tx,
-    ids: &[JobId],
-) -> Result<i64> {
-    // The aggregate reads (and locks) every row before the outer row, and
-    // its clock, is produced.
-    sqlx::query_scalar(
-        "SELECT (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $1 \
-         FROM (SELECT count(*) FROM ( \
-           SELECT name FROM schedules WHERE name IN ( \
-             SELECT schedule FROM jobs WHERE id = ANY($2::bigint[]) AND schedule IS NOT NULL) \
-           ORDER BY name FOR UPDATE) AS s) AS locked",
-    )
-    .bind(store.offset())
-    .bind(ids)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db_error)
 }
 
 /// Forced firings' jobs not yet claimed that this claim may take, locked

@@ -772,12 +772,20 @@ pub(crate) async fn finish(store: &PostgresStore, batch: Vec<Finish>) -> Result<
     // every row of the batch, in id order, so two batches (or a batch and a
     // cancel, or a firing) can never deadlock; the fenced writes below then
     // see rows nobody else can change.
-    let now = crate::schedule::now_locking_schedules_of(store, &mut tx, &ids).await?;
-    sqlx::query("SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+    crate::schedule::lock_schedules_of(&mut tx, &ids).await?;
+    // The clock once the rows are locked (the aggregate locks them before
+    // the outer row is produced): a write-back that waited for a racing
+    // transition of its job is stamped after it, never before.
+    let now: i64 = sqlx::query_scalar(
+        "SELECT (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $2 \
+         FROM (SELECT count(*) FROM ( \
+           SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) AS j) AS locked",
+    )
+    .bind(&ids)
+    .bind(store.offset())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
     let mut answers = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     let mut freed = false;
@@ -923,9 +931,11 @@ async fn enqueue_follow_ups(
 
 pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {
     let mut tx = store.begin().await?;
-    // The job's schedule before the job (see `finish`).
-    let now = crate::schedule::now_locking_schedules_of(store, &mut tx, &[id]).await?;
+    // The job's schedule before the job (see `finish`), and the clock once
+    // the job is locked, so a cancel that waited is stamped after the wait.
+    crate::schedule::lock_schedules_of(&mut tx, &[id]).await?;
     let job = load_job(&mut tx, id, true).await?;
+    let now = store.db_now(&mut tx).await?;
     let (updated, event) = match job.state {
         JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
             rollback(tx).await?;
@@ -994,8 +1004,9 @@ pub(crate) async fn cancel(store: &PostgresStore, id: JobId) -> Result<Job> {
 
 pub(crate) async fn retry(store: &PostgresStore, id: JobId) -> Result<Job> {
     let mut tx = store.begin().await?;
-    let now = store.db_now(&mut tx).await?;
     let job = load_job(&mut tx, id, true).await?;
+    // After the lock: a retry that waited is stamped after the wait.
+    let now = store.db_now(&mut tx).await?;
     if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
         rollback(tx).await?;
         return Err(StoreError::InvalidState {

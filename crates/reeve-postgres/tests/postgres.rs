@@ -393,3 +393,108 @@ async fn a_leader_whose_session_dies_is_deposed() {
     );
     b.release().await;
 }
+
+/// Runs `write` while another transaction holds job `id`'s row lock, as a
+/// racing transition of the job would, for long enough that `write` reads
+/// any clock it reads before its lock is granted; answers what `write`
+/// answered and the store's clock just before the lock was let go.
+async fn while_a_racing_transaction_holds<T>(
+    db: &common::TestDb,
+    store: &PostgresStore,
+    id: i64,
+    write: impl std::future::Future<Output = T>,
+) -> (T, i64) {
+    use sqlx::Connection;
+    let mut admin = db.admin().await;
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {}.jobs WHERE id = $1 FOR UPDATE",
+        db.schema
+    )))
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let at = store.now().await.unwrap().0;
+        tx.commit().await.unwrap();
+        at
+    };
+    tokio::join!(write, release)
+}
+
+/// Found by the race walk: a write-back that read the clock before waiting
+/// for a racing claim's row lock recorded its run's end before the claim.
+/// Write-backs, cancels and retries read the clock once their job's row is
+/// theirs, so a job's history stays in time order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_waited_for_a_row_lock_are_stamped_after_the_wait() {
+    use reeve_core::{FailureReason, JobState};
+    use reeve_store::{Finish, Outcome};
+    let Some(db) = common::TestDb::new().await else {
+        return;
+    };
+    let s = db.open().await;
+    let in_order = |events: &[reeve_core::Event], released: i64, what: &str| {
+        let last = events.last().expect("a history");
+        assert!(
+            last.at.0 >= released,
+            "{what} was recorded at {}, before the lock it waited for was let go at {released}",
+            last.at.0
+        );
+        assert!(
+            events.windows(2).all(|w| w[0].at <= w[1].at),
+            "{what}: the history goes back in time: {events:?}"
+        );
+    };
+
+    // A write-back.
+    s.enqueue(vec![NewJob::new("default", "end")])
+        .await
+        .unwrap();
+    let run = s.claim(claim("w", 1)).await.unwrap().remove(0);
+    let finish = Finish {
+        job: run.id,
+        epoch: run.epoch,
+        outcome: Outcome::Failed {
+            reason: FailureReason::AuthFailed,
+            error: None,
+        },
+        output: None,
+    };
+    let (answer, released) =
+        while_a_racing_transaction_holds(&db, &s, run.id, s.finish(vec![finish])).await;
+    let failed = answer.unwrap().remove(0).unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert!(
+        failed.finished_at.unwrap().0 >= released,
+        "the write-back's finished_at is before the lock was let go"
+    );
+    in_order(
+        &s.job_events(run.id).await.unwrap(),
+        released,
+        "the write-back",
+    );
+
+    // A retry of that failed job.
+    let (answer, released) =
+        while_a_racing_transaction_holds(&db, &s, run.id, s.retry(run.id)).await;
+    let retried = answer.unwrap();
+    assert!(
+        retried.available_at.0 >= released,
+        "the retry's available_at is before the lock was let go"
+    );
+    in_order(&s.job_events(run.id).await.unwrap(), released, "the retry");
+
+    // A cancel of the waiting job.
+    let (answer, released) =
+        while_a_racing_transaction_holds(&db, &s, run.id, s.cancel(run.id)).await;
+    let cancelled = answer.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(
+        cancelled.finished_at.unwrap().0 >= released,
+        "the cancel's finished_at is before the lock was let go"
+    );
+    in_order(&s.job_events(run.id).await.unwrap(), released, "the cancel");
+}

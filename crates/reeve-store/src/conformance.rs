@@ -6,7 +6,7 @@
 //! runs against that backend. A change to the [`Store`] trait extends this
 //! suite, so all backends are held to the same contract.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use reeve_core::job::Availability;
 use reeve_core::{Actor, EventKind, FailureReason, Job, JobFilter, JobState, NewJob, Timestamp};
 use reeve_schedule::{OverlapPolicy, ScheduleStatus};
+
+pub mod walk;
 
 use crate::{
     ClaimParams, DeferParams, DeferResult, Finish, FireParams, FireResult, FiringOutcome,
@@ -75,7 +77,6 @@ macro_rules! conformance_suite {
             output_is_kept_per_attempt,
             prune_deletes_only_old_finished_jobs,
             concurrent_claimers_never_exceed_caps,
-            random_operations_keep_invariants,
             schedules_put_get_list_delete,
             schedule_status_and_due_follow_the_store_clock,
             fire_inserts_one_job_and_advances,
@@ -119,6 +120,10 @@ macro_rules! conformance_suite {
             schedule_firings_carry_their_requirements,
             a_follow_up_is_pinned_by_its_own_requirements
         );
+        $crate::conformance_suite!(@walks $factory;
+            generated_walks_keep_the_job_invariants,
+            racing_handles_keep_the_job_invariants
+        );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
         $(
@@ -126,6 +131,15 @@ macro_rules! conformance_suite {
             async fn $name() {
                 let harness = $factory().await;
                 $crate::conformance::$name(&harness).await;
+            }
+        )*
+    };
+    // The generated walks take the factory: a fresh harness per case.
+    (@walks $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::walk::$name(|| $factory()).await;
             }
         )*
     };
@@ -1457,117 +1471,6 @@ pub async fn assert_history_within_caps(
         );
     }
     assert!(max_total >= 1, "something ran");
-}
-
-/// A seeded random walk of claims, heartbeats, write-backs with right and
-/// wrong epochs, reaps, cancels, retries and clock moves. After every step,
-/// each job's history must replay to its stored state through legal
-/// transitions, and epochs and attempts must agree with the claims made.
-pub async fn random_operations_keep_invariants(h: &impl Harness) {
-    let s = h.store();
-    let mut rng_state: u64 = 0x5eed_1234_abcd_9876;
-    let mut next = move |n: u64| {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        rng_state % n
-    };
-    let mut ids = Vec::new();
-    let mut claims: BTreeMap<i64, i64> = BTreeMap::new(); // job -> claims seen
-    for step in 0..400 {
-        match next(9) {
-            0 => {
-                let mut nj = job("r");
-                nj.max_attempts = 1 + next(3) as i32;
-                nj.heartbeat_timeout = Some(Duration::from_secs(5 + next(20)));
-                nj.max_run_duration = Some(Duration::from_secs(30 + next(60)));
-                ids.push(enqueue_one(&s, nj).await.id);
-            }
-            1 | 2 => {
-                for j in s.claim(claim("w", 1 + next(3) as u32)).await.unwrap() {
-                    *claims.entry(j.id).or_default() += 1;
-                    assert_eq!(j.epoch, claims[&j.id], "epoch counts claims");
-                }
-            }
-            3 | 4 if !ids.is_empty() => {
-                let id = ids[next(ids.len() as u64) as usize];
-                let current = s.get_job(id).await.unwrap();
-                let epoch = current.epoch + next(3) as i64 - 1;
-                let before = current.clone();
-                let outcome = match next(3) {
-                    0 => Outcome::Succeeded { result: None },
-                    1 => Outcome::Failed {
-                        reason: FailureReason::Error,
-                        error: None,
-                    },
-                    _ => Outcome::Failed {
-                        reason: FailureReason::AuthFailed,
-                        error: None,
-                    },
-                };
-                let answer = s
-                    .finish(vec![Finish {
-                        job: id,
-                        epoch,
-                        outcome,
-                        output: None,
-                    }])
-                    .await
-                    .unwrap()
-                    .remove(0);
-                if answer.is_err() {
-                    assert_eq!(
-                        s.get_job(id).await.unwrap(),
-                        before,
-                        "step {step}: refused write changed the job"
-                    );
-                } else {
-                    assert_eq!((before.state, before.epoch), (JobState::Running, epoch));
-                }
-            }
-            5 if !ids.is_empty() => {
-                let id = ids[next(ids.len() as u64) as usize];
-                let current = s.get_job(id).await.unwrap();
-                let epoch = current.epoch + next(2) as i64 - 1;
-                let answer = s
-                    .heartbeat(HeartbeatParams {
-                        job: id,
-                        epoch,
-                        ..Default::default()
-                    })
-                    .await;
-                if answer.is_ok() {
-                    assert_eq!((current.state, current.epoch), (JobState::Running, epoch));
-                }
-            }
-            6 if !ids.is_empty() => {
-                let id = ids[next(ids.len() as u64) as usize];
-                let _ = if next(2) == 0 {
-                    s.cancel(id).await
-                } else {
-                    s.retry(id).await
-                };
-            }
-            7 => {
-                h.advance(Duration::from_secs(next(30)));
-                s.reap_expired(100).await.unwrap();
-                s.promote_due(100).await.unwrap();
-            }
-            _ => {}
-        }
-        if step % 50 == 49 {
-            for id in &ids {
-                let job = s.get_job(*id).await.unwrap();
-                assert_eq!(
-                    replay(&s.job_events(*id).await.unwrap()),
-                    job.state,
-                    "job {id} at step {step}"
-                );
-                assert_eq!(job.epoch, claims.get(id).copied().unwrap_or(0));
-                assert!(job.attempt <= job.max_attempts || job.state != JobState::Running);
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
