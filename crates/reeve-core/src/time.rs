@@ -5,6 +5,11 @@
 //! indexes the same on SQLite and PostgreSQL) and shown to people as RFC 3339.
 //! Durations are written the way operators speak them (`90s`, `20m`,
 //! `1h30m`); a negative or unparsable one is an error, never a default.
+//!
+//! Every duration reeve accepts is whole milliseconds (the resolution stored
+//! and compared everywhere, so `500us` would silently become zero) and at
+//! most [`MAX_DURATION`] (so deadline arithmetic never saturates), and
+//! `parse_duration(&format_duration(d)) == d` for all of them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -78,8 +83,29 @@ pub fn duration_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Longest duration accepted anywhere: 100 years (`876600h`). Longer ones
+/// are typos, and refusing them keeps every deadline inside the range of a
+/// [`Timestamp`] that can be shown and parsed back.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
+
+/// Checks that `d` is one reeve accepts: whole milliseconds, at most
+/// [`MAX_DURATION`]. `shown` is the value as written, for the message.
+pub fn check_duration(d: Duration, shown: &str) -> Result<Duration, String> {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(format!("must be whole milliseconds, got {shown:?}"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "must be at most {} (100 years), got {shown:?}",
+            format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses a human duration: `90s`, `20m`, `1h30m`, `250ms`, or ISO 8601
-/// (`PT1H30M`). Zero is allowed; negative values are not.
+/// (`PT1H30M`). Zero is allowed; negative values, sub-millisecond precision
+/// and values beyond [`MAX_DURATION`] are not.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "expected a duration like 90s, 20m or 1h30m";
     let trimmed = s.trim();
@@ -91,9 +117,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if signed.is_negative() {
         return Err(format!("must not be negative, got {trimmed:?}"));
     }
-    signed
+    let d: Duration = signed
         .try_into()
-        .map_err(|_| format!("{EXPECTED}, got {trimmed:?}"))
+        .map_err(|_| format!("{EXPECTED}, got {trimmed:?}"))?;
+    check_duration(d, trimmed)
 }
 
 /// Formats a duration compactly the way [`parse_duration`] reads it back:

@@ -31,7 +31,7 @@ use std::fmt;
 use std::time::Duration;
 
 use reeve_core::job::{Availability, DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest, NewJob};
-use reeve_core::time::{format_duration, human_duration, parse_duration};
+use reeve_core::time::{check_duration, format_duration, human_duration, parse_duration};
 use reeve_core::{FailureReason, InputError, Timestamp, validate};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -128,9 +128,14 @@ impl DurationValue {
                 field,
                 format!("must not be negative, got {n}"),
             )),
-            DurationValue::Seconds(n) => Ok(Duration::from_secs(n.unsigned_abs())),
+            DurationValue::Seconds(n) => {
+                check_duration(Duration::from_secs(n.unsigned_abs()), &n.to_string())
+                    .map_err(|m| InputError::new(field, m))
+            }
             DurationValue::Text(t) => parse_duration(t).map_err(|m| {
-                if m.contains("negative") {
+                // Range errors (negative, sub-millisecond, too long) say what
+                // is wrong; only "not a duration at all" gets the hint.
+                if !m.starts_with("expected") {
                     InputError::new(field, m)
                 } else {
                     InputError::new(

@@ -533,25 +533,24 @@ fn webhooks(raw: &[RawWebhook]) -> anyhow::Result<Vec<crate::webhooks::Webhook>>
 /// The admin token, by reference only: `REEVE_ADMIN_TOKEN`, the variable
 /// named by `server.admin_token_env`, or the file `server.admin_token_file`.
 fn admin_token(server: &RawServer) -> anyhow::Result<Option<String>> {
-    let token =
-        if let Some(var) = &server.admin_token_env {
-            Some(std::env::var(var).with_context(|| {
-                format!("server.admin_token_env: the variable {var} is not set")
-            })?)
-        } else if let Some(file) = &server.admin_token_file {
-            Some(
-                std::fs::read_to_string(file)
-                    .with_context(|| {
-                        format!("server.admin_token_file: cannot read {}", file.display())
-                    })?
-                    .trim()
-                    .to_string(),
-            )
-        } else {
-            std::env::var("REEVE_ADMIN_TOKEN").ok()
-        };
+    // Where the token came from names the key in a complaint about it.
+    let (token, source) = if let Some(var) = &server.admin_token_env {
+        let token = std::env::var(var)
+            .with_context(|| format!("server.admin_token_env: the variable {var} is not set"))?;
+        (Some(token), "server.admin_token_env")
+    } else if let Some(file) = &server.admin_token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("server.admin_token_file: cannot read {}", file.display()))?
+            .trim()
+            .to_string();
+        (Some(token), "server.admin_token_file")
+    } else {
+        (std::env::var("REEVE_ADMIN_TOKEN").ok(), "REEVE_ADMIN_TOKEN")
+    };
     match token {
-        Some(t) if t.len() < 16 => bail!("the admin token must be at least 16 characters"),
+        Some(t) if t.len() < 16 => {
+            bail!("{source}: the admin token must be at least 16 characters")
+        }
         other => Ok(other),
     }
 }
@@ -785,5 +784,232 @@ mod tests {
         let c = parse("[kinds.echo]\ncommand = [\"echo\", \"{payload.msg}\"]\n[kinds.sh]\ncommand = [\"echo hi\"]\nshell = true\n").unwrap();
         assert_eq!(c.kinds["echo"].command, ["echo", "{payload.msg}"]);
         assert!(c.kinds["sh"].shell);
+    }
+
+    #[test]
+    fn a_short_admin_token_file_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "short\n").unwrap();
+        let text = format!(
+            "[server]\nadmin_token_file = {:?}\n",
+            file.display().to_string()
+        );
+        let e = format!("{:#}", parse(&text).unwrap_err());
+        assert!(
+            e.contains("server.admin_token_file") && e.contains("at least 16 characters"),
+            "{e}"
+        );
+    }
+
+    /// A deterministic pseudo-random source (SplitMix64) for the generated
+    /// cases below: the same cases on every run, no extra dependency.
+    struct Cases(u64);
+
+    impl Cases {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[(self.next() % from.len() as u64) as usize]
+        }
+
+        /// A TOML string literal mixing digits, unit letters, signs and
+        /// punctuation, so duration- and address-shaped text comes up often.
+        fn string(&mut self) -> String {
+            let len = self.next() % 12;
+            let text: String = (0..len)
+                .map(|_| {
+                    self.pick(&[
+                        "1", "9", "0", "h", "m", "s", "ms", "us", ".", "-", ":", "=", " ", "x",
+                        "é", "\u{7}",
+                    ])
+                })
+                .collect();
+            serde_json::Value::from(text).to_string()
+        }
+    }
+
+    /// Every key of `reeve.toml` a value can be written to: the table header
+    /// (with the required keys of its entry, so only the key under test can
+    /// be wrong), the key, and the names an error about it may use.
+    fn known_keys() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+        let plain = |table: &'static str, keys: &[&'static str]| {
+            keys.iter()
+                .map(move |k| (table, *k, vec![]))
+                .collect::<Vec<_>>()
+        };
+        let mut out = Vec::new();
+        out.extend(plain(
+            "[server]",
+            &[
+                "listen",
+                "db",
+                "admin_token_env",
+                "admin_token_file",
+                "max_request_bytes",
+                "max_payload_bytes",
+                "schedules",
+            ],
+        ));
+        out.extend(plain(
+            "[defaults]",
+            &[
+                "max_run_duration",
+                "heartbeat_timeout",
+                "cancel_grace",
+                "retention",
+            ],
+        ));
+        out.extend(plain("[retry]", &["base", "factor", "max", "jitter"]));
+        out.extend(plain(
+            "[executor]",
+            &[
+                "slots",
+                "commands",
+                "kill_grace",
+                "output_limit_bytes",
+                "shutdown_grace",
+                "labels",
+            ],
+        ));
+        out.extend(plain("[limits]", &["global"]));
+        out.extend(plain(
+            "[schedules]",
+            &[
+                "pressure_delay",
+                "pressure_max_defer",
+                "pause_after_failures",
+                "pause_after_budget_breaches",
+                "ledger_retention",
+            ],
+        ));
+        out.extend(plain(
+            "[supervision]",
+            &["enabled", "stall_after", "escalate_after"],
+        ));
+        out.extend(plain("[queues.q]", &["concurrency", "paused"]));
+        for k in ["shell", "cwd", "env"] {
+            out.push(("[kinds.k]\ncommand = [\"true\"]", k, vec![]));
+        }
+        out.push(("[kinds.k]", "command", vec![]));
+        // The section is only read with a postgres:// database, and a
+        // complaint about it under SQLite names the section.
+        for k in ["password_env", "password_file", "max_connections", "schema"] {
+            out.push(("[postgres]", k, vec!["postgres:"]));
+        }
+        for k in ["password_env", "password_file", "max_connections", "schema"] {
+            out.push((
+                "[server]\ndb = \"postgres://u@127.0.0.1/d\"\n[postgres]",
+                k,
+                vec![],
+            ));
+        }
+        // Entries of arrays of tables: an error may name the entry.
+        for k in ["token_env", "token_file", "kinds", "queues"] {
+            out.push((
+                "[[worker_tokens]]\nname = \"w\"",
+                k,
+                vec!["worker_tokens[0]"],
+            ));
+        }
+        out.push(("[[worker_tokens]]", "name", vec!["worker_tokens[0]"]));
+        for k in ["name", "events", "secret_env", "secret_file"] {
+            out.push((
+                "[[webhooks]]\nurl = \"http://127.0.0.1:9/hook\"",
+                k,
+                vec!["webhooks[0]"],
+            ));
+        }
+        out.push((
+            "[[webhooks]]\nevents = [\"job_failed\"]\nsecret_env = \"REEVE_TEST_UNSET\"",
+            "url",
+            vec!["webhooks[0]"],
+        ));
+        out
+    }
+
+    /// TOML values of every type, valid and invalid for the keys above.
+    const VALUES: &[&str] = &[
+        "\"\"",
+        "\"x\"",
+        "\"90s\"",
+        "\"0s\"",
+        "\"-5s\"",
+        "\"500us\"",
+        "\"876601h\"",
+        "\"9223372036854775807s\"",
+        "\"soon\"",
+        "\"127.0.0.1:7433\"",
+        "\"0.0.0.0:1\"",
+        "\"sqlite://never-opened.db\"",
+        "\"mysql://h/d\"",
+        "\"device=a\"",
+        "\"a b\"",
+        "\"\\u0007\"",
+        "\"/nonexistent/reeve/file\"",
+        "0",
+        "1",
+        "-1",
+        "10001",
+        "4294967296",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "0.5",
+        "-1.0",
+        "1e308",
+        "nan",
+        "inf",
+        "true",
+        "false",
+        "1979-05-27T07:32:00Z",
+        "07:32:00",
+        "[]",
+        "[\"a\"]",
+        "[1, \"a\"]",
+        "[\"device=a\", \"gpu\"]",
+        "[[]]",
+        "{}",
+        "{ a = 1 }",
+    ];
+
+    /// Parses one key set to one value: never panics, and a refusal names
+    /// the key (by its leaf name, which the TOML error shows in context,
+    /// or its path), or one of the names the key's entry allows.
+    fn check_key(header: &str, key: &str, also: &[&str], value: &str) {
+        let text = format!("{header}\n{key} = {value}\n");
+        if let Err(e) = parse(&text) {
+            let message = format!("{e:#}");
+            assert!(
+                message.contains(key) || also.iter().any(|a| message.contains(a)),
+                "the error does not name {key:?}:\n--- config\n{text}--- error\n{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_known_key_with_any_toml_value_never_panics_and_refusals_name_the_key() {
+        let keys = known_keys();
+        for (header, key, also) in &keys {
+            for value in VALUES {
+                check_key(header, key, also, value);
+            }
+        }
+        let mut cases = Cases(0x5EED_C0F1_6000_0001);
+        for _ in 0..2_000 {
+            let (header, key, also) = &keys[(cases.next() % keys.len() as u64) as usize];
+            let value = match cases.next() % 4 {
+                0 => cases.string(),
+                1 => (cases.next() as i64 >> (cases.next() % 64)).to_string(),
+                2 => format!("[{}, {}]", cases.string(), cases.string()),
+                _ => cases.pick(VALUES).to_string(),
+            };
+            check_key(header, key, also, &value);
+        }
     }
 }
