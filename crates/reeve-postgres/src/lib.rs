@@ -54,7 +54,7 @@ use reeve_store::{
     RunOutput, SchedulePut, ScheduleRecord, Signals, StatusCounts, Store, StoreConfig, StoreError,
     SuperviseParams, Supervised, TypicalDurations,
 };
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -335,9 +335,19 @@ impl PostgresStore {
         Migrator::with_migrations(migrations)
             .run(&self.pool)
             .await
-            .map_err(|e| StoreError::Database {
-                message: format!("migration failed: {e}"),
-                transient: false,
+            .map_err(|e| {
+                // A connection lost mid-migration is as transient as any
+                // other lost connection: the caller may retry.
+                let transient = match &e {
+                    MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _) => {
+                        rows::is_transient(inner)
+                    }
+                    _ => false,
+                };
+                StoreError::Database {
+                    message: format!("migration failed: {e}"),
+                    transient,
+                }
             })
     }
 

@@ -133,23 +133,28 @@ pub fn is_transient_code(code: &str) -> bool {
 
 /// Infrastructure errors; connection-class failures are transient.
 pub fn db_error(e: sqlx::Error) -> StoreError {
-    let (transient, message) = match &e {
-        sqlx::Error::Database(d) => {
-            let code = d.code();
-            let transient = code.as_deref().is_some_and(is_transient_code);
-            let message = match code {
-                Some(code) => format!("{} (SQLSTATE {code})", d.message()),
-                None => d.message().to_string(),
-            };
-            (transient, message)
-        }
+    let transient = is_transient(&e);
+    let message = match &e {
+        sqlx::Error::Database(d) => match d.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", d.message()),
+            None => d.message().to_string(),
+        },
+        _ => e.to_string(),
+    };
+    StoreError::Database { message, transient }
+}
+
+/// Whether retrying may succeed: a lost or refused connection, a pool that
+/// timed out, or a server error of a transient class.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.code().as_deref().is_some_and(is_transient_code),
         sqlx::Error::PoolTimedOut
         | sqlx::Error::Io(_)
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => (true, e.to_string()),
-        _ => (false, e.to_string()),
-    };
-    StoreError::Database { message, transient }
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }
 
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use reeve_store::{Store, StoreConfig};
@@ -25,6 +26,9 @@ pub struct RawPostgres {
     pub max_connections: Option<u32>,
     /// Schema to use (default: the server's search_path).
     pub schema: Option<String>,
+    /// How long `reeve serve` waits at start for an unreachable or
+    /// restarting server (default 60s; "0s" fails at once).
+    pub startup_wait: Option<String>,
 }
 
 /// A credential; never printed.
@@ -53,8 +57,12 @@ pub enum DatabaseConfig {
         password: Option<Secret>,
         max_connections: u32,
         schema: Option<String>,
+        startup_wait: Duration,
     },
 }
+
+/// The default of `postgres.startup_wait`.
+const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(60);
 
 impl DatabaseConfig {
     /// Validates the URL and resolves the password's source.
@@ -82,14 +90,24 @@ impl DatabaseConfig {
             if !(1..=200).contains(&max_connections) {
                 bail!("postgres.max_connections: must be between 1 and 200");
             }
+            let startup_wait = match &pg.startup_wait {
+                None => DEFAULT_STARTUP_WAIT,
+                Some(text) => reeve_core::time::parse_duration(text)
+                    .map_err(|e| anyhow::anyhow!("postgres.startup_wait: {e}"))?,
+            };
             Ok(DatabaseConfig::Postgres {
                 url: url.to_string(),
                 password,
                 max_connections,
                 schema: pg.schema.clone(),
+                startup_wait,
             })
         } else if url.starts_with("sqlite:") || !url.contains("://") {
-            if pg.password_env.is_some() || pg.password_file.is_some() || pg.schema.is_some() {
+            if pg.password_env.is_some()
+                || pg.password_file.is_some()
+                || pg.schema.is_some()
+                || pg.startup_wait.is_some()
+            {
                 bail!("postgres: this section only applies to a postgres:// database URL");
             }
             reeve_sqlite::SqliteOptions::from_url(url).map_err(|e| anyhow::anyhow!("db: {e}"))?;
@@ -111,8 +129,20 @@ impl DatabaseConfig {
         }
     }
 
-    /// Opens the store (applying migrations).
+    /// Opens the store (applying migrations), failing at once when the
+    /// database cannot be reached.
     pub async fn open(&self, config: StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+        self.open_waiting(config, false).await
+    }
+
+    /// Like [`DatabaseConfig::open`]; with `wait`, a PostgreSQL server that
+    /// is unreachable or restarting is waited for (with backoff), up to
+    /// `postgres.startup_wait`.
+    pub async fn open_waiting(
+        &self,
+        config: StoreConfig,
+        wait: bool,
+    ) -> anyhow::Result<Arc<dyn Store>> {
         match self {
             DatabaseConfig::Sqlite { url } => {
                 let opts = reeve_sqlite::SqliteOptions::from_url(url)
@@ -122,7 +152,10 @@ impl DatabaseConfig {
                     .with_context(|| format!("cannot open the database {}", opts.path.display()))?;
                 Ok(Arc::new(store))
             }
-            DatabaseConfig::Postgres { .. } => open_postgres(self, config).await,
+            DatabaseConfig::Postgres { startup_wait, .. } => {
+                let patience = if wait { *startup_wait } else { Duration::ZERO };
+                open_postgres(self, config, patience).await
+            }
         }
     }
 }
@@ -165,12 +198,17 @@ fn check_postgres_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_postgres(db: &DatabaseConfig, config: StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_postgres(
+    db: &DatabaseConfig,
+    config: StoreConfig,
+    patience: Duration,
+) -> anyhow::Result<Arc<dyn Store>> {
     let DatabaseConfig::Postgres {
         url,
         password,
         max_connections,
         schema,
+        ..
     } = db
     else {
         bail!("not a PostgreSQL database");
@@ -184,10 +222,30 @@ async fn open_postgres(db: &DatabaseConfig, config: StoreConfig) -> anyhow::Resu
         opts = opts.schema(schema.clone());
     }
     let target = opts.target();
-    let store = reeve_postgres::PostgresStore::open_with(opts, config)
-        .await
-        .with_context(|| format!("cannot open the PostgreSQL database {target}"))?;
-    Ok(Arc::new(store))
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match reeve_postgres::PostgresStore::open_with(opts.clone(), config.clone()).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            // A server that is restarting, or not up yet, is waited for (a
+            // daemon restarted beside its database must not exit for it);
+            // any other refusal, or a wait past `patience`, ends the start.
+            Err(e) if e.is_transient() && started.elapsed() + backoff <= patience => {
+                tracing::warn!(
+                    target: "reeve::serve",
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "PostgreSQL at {target} not reachable yet; waiting"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("cannot open the PostgreSQL database {target}"));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             listen: args.listen,
         },
     )?;
-    let store = config.database.open(config.store.clone()).await?;
+    let store = config
+        .database
+        .open_waiting(config.store.clone(), true)
+        .await?;
     apply_settings(store.as_ref(), &config).await?;
     if !config.schedules.is_empty() {
         let applied = reeve_api::apply_specs(
@@ -215,7 +218,10 @@ pub async fn migrate(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> 
             listen: args.listen,
         },
     )?;
-    let store = config.database.open(config.store.clone()).await?;
+    let store = config
+        .database
+        .open_waiting(config.store.clone(), true)
+        .await?;
     store.close().await;
     println!("migrations applied to {}", config.database.describe());
     Ok(std::process::ExitCode::SUCCESS)

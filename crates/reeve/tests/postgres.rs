@@ -473,6 +473,22 @@ impl Throwaway {
         Ok(t)
     }
 
+    /// A server for `test`, or `None` (the test is skipped, and says so)
+    /// where none can start; under CI that fails instead.
+    fn for_test(test: &str) -> Option<Throwaway> {
+        match Throwaway::start() {
+            Ok(s) => Some(s),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping {test}: no throwaway server ({e})"
+                );
+                None
+            }
+            Err(e) => panic!("CI is set but a throwaway PostgreSQL could not start: {e}"),
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Result<(), String> {
         let data = self.dir.path().join("pg");
         let out = Command::new("bash")
@@ -505,16 +521,8 @@ impl Drop for Throwaway {
 /// exactly once.
 #[test]
 fn a_database_restart_loses_and_duplicates_nothing() {
-    let server = match Throwaway::start() {
-        Ok(s) => s,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping the database-restart test: no throwaway server ({e})"
-            );
-            return;
-        }
-        Err(e) => panic!("CI is set but a throwaway PostgreSQL could not start: {e}"),
+    let Some(server) = Throwaway::for_test("the database-restart test") else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let config = "[retry]\nbase = \"200ms\"\nmax = \"1s\"\njitter = 0.0\n[executor]\nslots = 4\n";
@@ -554,6 +562,47 @@ fn a_database_restart_loses_and_duplicates_nothing() {
     }
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(log.contains("level=warn"), "the outage was logged");
+    d.stop();
+}
+
+/// A daemon started while its database is down (a host booting, or the
+/// server restarting beside a crashed daemon) waits for it instead of
+/// exiting, then serves; with `startup_wait = "0s"` it fails at once.
+#[test]
+fn a_daemon_started_while_its_database_is_down_waits_for_it() {
+    let Some(server) = Throwaway::for_test("the startup-wait test") else {
+        return;
+    };
+    server.run(&["stop"]).expect("stop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut impatient = Daemon::spawn(
+        dir.path(),
+        "impatient",
+        &server.url(),
+        "[postgres]\nstartup_wait = \"0s\"\n",
+        &[],
+    );
+    assert!(
+        !impatient.wait_up(Duration::from_secs(20)),
+        "with startup_wait = 0s the start fails"
+    );
+    let mut d = Daemon::spawn(dir.path(), "a", &server.url(), "", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon waits for its database instead of exiting"
+    );
+    server
+        .run(&["start", &server.port.to_string()])
+        .expect("start again");
+    assert!(
+        d.wait_up(Duration::from_secs(30)),
+        "it comes up once the database does"
+    );
+    let id = d.enqueue(json!({"kind": "w", "command": ["true"]}));
+    wait_until("succeeded", Duration::from_secs(20), || {
+        d.job(id)["state"] == "succeeded"
+    });
     d.stop();
 }
 
