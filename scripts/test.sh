@@ -56,6 +56,16 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# Contract fuzzing of the HTTP API against a live daemon: schemathesis on
+# /v1/openapi.json, no 5xx and answers as documented (scripts/schemathesis.sh).
+if [ "$status" = 0 ]; then
+  echo "== schemathesis"
+  set +e
+  bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
+  schemathesis=${PIPESTATUS[0]}
+  set -e
+  [ "$schemathesis" = 0 ] || status=$schemathesis
+fi
 # The chaos harness: a short fixed-seed run under faults, then a run with
 # fencing switched off that the checker must catch (scripts/chaos.sh).
 if [ "$status" = 0 ]; then

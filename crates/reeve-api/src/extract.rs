@@ -24,28 +24,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType(
-                "expected a body with Content-Type: application/json".into(),
-            ));
+            return Err(not_json());
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: state.config.max_request_bytes,
-                }
-            } else {
-                ApiError::InvalidJson {
-                    message: rejection.body_text(),
-                    field: None,
-                }
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
 /// An optional JSON body: no body (or an empty one) is `T::default()`;
-/// anything else is read as [`ApiJson`] reads it.
+/// anything else is read as [`ApiJson`] reads it, so a body without a JSON
+/// `Content-Type` is refused (415), never silently taken for no body.
 #[derive(Debug)]
 pub(crate) struct OptionalJson<T>(pub T);
 
@@ -53,19 +41,47 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let has_body = req
+        let declared_empty = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .is_none_or(|len| len.trim() != "0")
-            && req.headers().contains_key(header::CONTENT_TYPE);
-        if !has_body {
+            .is_some_and(|len| len.trim() == "0");
+        if declared_empty {
             return Ok(OptionalJson(T::default()));
         }
-        ApiJson::from_request(req, state)
-            .await
-            .map(|ApiJson(v)| OptionalJson(v))
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            return ApiJson::from_request(req, state)
+                .await
+                .map(|ApiJson(v)| OptionalJson(v));
+        }
+        // No content type: only an empty body means "no body".
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            Ok(OptionalJson(T::default()))
+        } else {
+            Err(not_json())
+        }
     }
+}
+
+fn not_json() -> ApiError {
+    ApiError::UnsupportedMediaType("expected a body with Content-Type: application/json".into())
+}
+
+/// The whole body, at most `max_request_bytes`.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config.max_request_bytes,
+            }
+        } else {
+            ApiError::InvalidJson {
+                message: rejection.body_text(),
+                field: None,
+            }
+        }
+    })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

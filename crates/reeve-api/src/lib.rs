@@ -22,8 +22,9 @@
 //!   refusal (`stale_epoch`, `not_running`, or `lease_lost` for heartbeats).
 //! - When an admin token is configured, every route except `/healthz` and
 //!   `/login` needs `Authorization: Bearer <token>` or the dashboard's
-//!   session cookie (set by `POST /login` with that token; HttpOnly,
-//!   SameSite=Strict), compared in constant time. A cookie-authenticated
+//!   session cookie (set by `POST /login` with that token to a value derived
+//!   from it, never the token itself; HttpOnly, SameSite=Strict; the token
+//!   itself is also taken as the cookie's value), compared in constant time. A cookie-authenticated
 //!   request that changes something must come from the same origin. Tokens
 //!   and bodies are never logged, and no page or answer shows a token.
 
@@ -276,7 +277,10 @@ async fn require_admin(
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim());
             let by_cookie = bearer.is_none()
-                && session::cookie_token(&headers).is_some_and(|t| token_matches(t, expected));
+                && session::cookie_token(&headers).is_some_and(|t| {
+                    token_matches(t, &state.config.job_tokens.session())
+                        || token_matches(t, expected)
+                });
             if by_cookie && !request.method().is_safe() && !session::same_origin(&headers) {
                 return Err(ApiError::Unauthorized);
             }

@@ -3,7 +3,8 @@
 //! API without a bearer header.
 //!
 //! **Invariants.** The token is compared in constant time and never echoed:
-//! not in the form, not in an error, not in a redirect. A cookie never
+//! not in the form, not in an error, not in a redirect, not in the cookie
+//! (which holds `JobTokens::session`, a value derived from it). A cookie never
 //! authorizes a cross-origin change (`same_origin`), and it is only ever
 //! set after a correct token.
 
@@ -136,9 +137,11 @@ pub(crate) async fn login(
     if !crate::token_matches(token.trim(), expected) || !same_origin_or_direct(&headers) {
         return login_page("/login", StatusCode::UNAUTHORIZED);
     }
+    // The cookie holds a value derived from the token, so no response (and
+    // no browser's cookie store) ever holds the admin token itself.
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        token.trim()
+        state.config.job_tokens.session()
     );
     redirect(&next, Some(cookie))
 }

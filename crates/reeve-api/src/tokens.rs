@@ -13,6 +13,8 @@
 //!   process.
 //! - A worker token authorizes the worker protocol and, for claims, only its
 //!   own kinds and queues.
+//! - The dashboard's session cookie carries a value derived from the same
+//!   key (`rs_{HMAC-SHA256}`), never the admin token.
 //! - Tokens are compared in constant time and never logged or echoed.
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -95,9 +97,20 @@ impl JobTokens {
     }
 
     fn mac(&self, job: JobId, epoch: i64) -> String {
+        self.mac_of(format!("job:{job}:{epoch}").as_bytes())
+    }
+
+    fn mac_of(&self, message: &[u8]) -> String {
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
-        m.update(format!("job:{job}:{epoch}").as_bytes());
+        m.update(message);
         hex(&m.finalize().into_bytes())
+    }
+
+    /// The value of the dashboard's session cookie: derived from the key, so
+    /// every daemon sharing the admin token accepts it, and the cookie (and
+    /// the `Set-Cookie` of a login) never carries the admin token itself.
+    pub fn session(&self) -> String {
+        format!("rs_{}", self.mac_of(b"session"))
     }
 
     /// The token of the run of `job` at `epoch`.
@@ -169,6 +182,16 @@ mod tests {
             "daemons sharing the admin token agree"
         );
         assert_eq!(keys.verify("rjt_x"), None);
+    }
+
+    #[test]
+    fn the_session_value_is_shared_by_daemons_and_never_the_admin_token() {
+        let keys = JobTokens::new(Some("admin-secret"));
+        let session = keys.session();
+        assert!(session.starts_with("rs_") && !session.contains("admin-secret"));
+        assert_eq!(JobTokens::new(Some("admin-secret")).session(), session);
+        assert_ne!(JobTokens::new(Some("other")).session(), session);
+        assert_eq!(keys.verify(&session), None, "not a job token");
     }
 
     #[test]

@@ -190,14 +190,26 @@ fn may_act_for(principal: &Principal, worker: &WorkerRecord) -> ApiResult<()> {
     Ok(())
 }
 
-/// The registration `id` is, seen now, if the token may act for it.
-async fn acting_worker(
+/// The registration `id`, if the token may act for it (reads only).
+async fn authorized_worker(
     state: &AppState,
     principal: &Principal,
     id: &str,
 ) -> ApiResult<WorkerRecord> {
     let worker = state.store.get_worker(id).await?;
     may_act_for(principal, &worker)?;
+    Ok(worker)
+}
+
+/// The registration `id` is, seen now, if the token may act for it. Called
+/// only once the request is known to be valid, so a refused request does
+/// not even move the worker's `last_seen_at`.
+async fn acting_worker(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<WorkerRecord> {
+    authorized_worker(state, principal, id).await?;
     Ok(state.store.touch_worker(id).await?)
 }
 
@@ -209,7 +221,6 @@ pub(crate) async fn claim(
     PathText(id): PathText,
     OptionalJson(req): OptionalJson<ClaimRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let worker = acting_worker(&state, &principal, &id).await?;
     let limit = req.limit.unwrap_or(1);
     if !(1..=MAX_CLAIM).contains(&limit) {
         return Err(ApiError::input(
@@ -217,6 +228,7 @@ pub(crate) async fn claim(
             format!("must be between 1 and {MAX_CLAIM}"),
         ));
     }
+    let worker = acting_worker(&state, &principal, &id).await?;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     let params = ClaimParams {
         worker: worker.id.clone(),
@@ -262,8 +274,24 @@ pub(crate) async fn claim(
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunBeat {
     job: JobId,
-    #[serde(flatten)]
-    beat: HeartbeatRequest,
+    // The fields of `HeartbeatRequest` spelled out, not `#[serde(flatten)]`:
+    // flattening loses the path of a deserialization error (so a 400 could
+    // not name `runs[0].epoch`) and defeats `deny_unknown_fields`.
+    epoch: i64,
+    #[serde(default)]
+    turns: Option<i64>,
+    #[serde(default)]
+    progress: Option<String>,
+}
+
+impl RunBeat {
+    fn beat(self) -> HeartbeatRequest {
+        HeartbeatRequest {
+            epoch: self.epoch,
+            turns: self.turns,
+            progress: self.progress,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,7 +331,7 @@ pub(crate) async fn heartbeat(
     let mut answers = Vec::with_capacity(req.runs.len());
     for run in req.runs {
         let job = run.job;
-        answers.push(match beat(&state, job, run.beat).await {
+        answers.push(match beat(&state, job, run.beat()).await {
             Ok(HeartbeatResponse {
                 status,
                 lease_remaining_ms,
@@ -341,8 +369,12 @@ pub(crate) async fn heartbeat(
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkerComplete {
     job: JobId,
-    #[serde(flatten)]
-    done: CompleteRequest,
+    // `CompleteRequest`'s fields, spelled out (see `RunBeat`).
+    epoch: i64,
+    #[serde(default)]
+    result: Option<serde_json::Value>,
+    #[serde(default)]
+    output: Option<String>,
 }
 
 /// `POST /v1/workers/{id}/complete`: fenced on the run's epoch.
@@ -352,16 +384,29 @@ pub(crate) async fn complete(
     PathText(id): PathText,
     ApiJson(req): ApiJson<WorkerComplete>,
 ) -> ApiResult<Json<Job>> {
-    acting_worker(&state, &principal, &id).await?;
-    complete_run(&state, req.job, req.done).await.map(Json)
+    authorized_worker(&state, &principal, &id).await?;
+    let done = CompleteRequest {
+        epoch: req.epoch,
+        result: req.result,
+        output: req.output,
+    };
+    let job = complete_run(&state, req.job, done).await?;
+    state.store.touch_worker(&id).await?;
+    Ok(Json(job))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkerFail {
     job: JobId,
-    #[serde(flatten)]
-    failed: FailRequest,
+    // `FailRequest`'s fields, spelled out (see `RunBeat`).
+    epoch: i64,
+    #[serde(default)]
+    reason: Option<reeve_core::FailureReason>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    output: Option<String>,
 }
 
 /// `POST /v1/workers/{id}/fail`: fenced on the run's epoch.
@@ -371,8 +416,16 @@ pub(crate) async fn fail(
     PathText(id): PathText,
     ApiJson(req): ApiJson<WorkerFail>,
 ) -> ApiResult<Json<Job>> {
-    acting_worker(&state, &principal, &id).await?;
-    fail_run(&state, req.job, req.failed).await.map(Json)
+    authorized_worker(&state, &principal, &id).await?;
+    let failed = FailRequest {
+        epoch: req.epoch,
+        reason: req.reason,
+        error: req.error,
+        output: req.output,
+    };
+    let job = fail_run(&state, req.job, failed).await?;
+    state.store.touch_worker(&id).await?;
+    Ok(Json(job))
 }
 
 /// `POST /v1/workers/{id}/deregister`: the worker is leaving; its runs are

@@ -1,197 +1,16 @@
 //! The HTTP API against a real SQLite store in a temp dir, called in-process
-//! with `tower::ServiceExt::oneshot` (no server, no mocks of the store).
+//! with `tower::ServiceExt::oneshot` (no server, no mocks of the store); the
+//! harness is `common`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use reeve_api::{ApiConfig, AppState, Runtime, RuntimeStats, router};
-use reeve_core::{Job, JobId};
-use reeve_sqlite::{SqliteOptions, SqliteStore};
-use reeve_store::{ClaimParams, Finish, KindFilter, Outcome, Store, StoreConfig};
+use axum::http::{Method, Request, StatusCode, header};
+use common::*;
+use reeve_api::ApiConfig;
+use reeve_core::Job;
+use reeve_store::{Finish, Outcome, Store};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-/// A runtime that records what the API asked of it.
-#[derive(Default)]
-struct TestRuntime {
-    cancelled: Mutex<Vec<JobId>>,
-    live: Mutex<HashMap<JobId, Vec<u8>>>,
-}
-
-impl Runtime for TestRuntime {
-    fn worker_id(&self) -> String {
-        "test-worker-1".into()
-    }
-
-    fn live_output(&self, job: JobId, from: u64) -> Option<(Vec<u8>, u64)> {
-        let live = self.live.lock().unwrap();
-        let out = live.get(&job)?;
-        let start = (from as usize).min(out.len());
-        Some((out[start..].to_vec(), out.len() as u64))
-    }
-
-    fn cancel_local(&self, job: JobId) {
-        self.cancelled.lock().unwrap().push(job);
-    }
-
-    fn stats(&self) -> RuntimeStats {
-        RuntimeStats {
-            leader: true,
-            slots: 4,
-            busy: 1,
-            claimed_total: 7,
-            finished_total: 5,
-            refused_writebacks_total: 1,
-            reaped_total: 2,
-            heartbeats_total: 42,
-        }
-    }
-}
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
-    runtime: Arc<TestRuntime>,
-    app: Router,
-    token: Option<String>,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl Harness {
-    async fn new() -> Self {
-        Harness::with_config(ApiConfig::default()).await
-    }
-
-    async fn with_config(config: ApiConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("reeve.db").display());
-        let store = Arc::new(
-            SqliteStore::open(
-                &SqliteOptions::from_url(&url).unwrap(),
-                StoreConfig::default(),
-            )
-            .await
-            .unwrap(),
-        );
-        let runtime = Arc::new(TestRuntime::default());
-        let token = config.admin_token.clone();
-        let state = AppState {
-            store: store.clone(),
-            runtime: runtime.clone(),
-            config: Arc::new(config),
-        };
-        Harness {
-            _dir: dir,
-            store,
-            runtime,
-            app: router(state),
-            token,
-        }
-    }
-
-    async fn send(&self, req: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(req).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            text,
-            json,
-        }
-    }
-
-    fn request(&self, method: Method, uri: &str) -> axum::http::request::Builder {
-        let mut b = Request::builder().method(method).uri(uri);
-        if let Some(t) = &self.token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        b
-    }
-
-    async fn get(&self, uri: &str) -> Reply {
-        self.send(self.request(Method::GET, uri).body(Body::empty()).unwrap())
-            .await
-    }
-
-    async fn raw(&self, method: Method, uri: &str, body: impl Into<String>) -> Reply {
-        self.send(
-            self.request(method, uri)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.into()))
-                .unwrap(),
-        )
-        .await
-    }
-
-    async fn post(&self, uri: &str, body: Value) -> Reply {
-        self.raw(Method::POST, uri, body.to_string()).await
-    }
-
-    async fn post_empty(&self, uri: &str) -> Reply {
-        self.send(self.request(Method::POST, uri).body(Body::empty()).unwrap())
-            .await
-    }
-
-    async fn enqueue(&self, body: Value) -> Job {
-        let r = self.post("/v1/jobs", body).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        serde_json::from_value(r.json).unwrap()
-    }
-
-    /// Claims one job directly on the store, as an executor would.
-    async fn claim(&self) -> Job {
-        let mut jobs = self
-            .store
-            .claim(ClaimParams {
-                worker: "exec-1".into(),
-                queues: None,
-                kinds: KindFilter::Any,
-                limit: 1,
-                heartbeats: true,
-                labels: Vec::new(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(jobs.len(), 1);
-        jobs.pop().unwrap()
-    }
-
-    async fn total_jobs(&self) -> u64 {
-        self.store.status().await.unwrap().by_state.values().sum()
-    }
-}
-
-fn assert_error(r: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    assert_eq!(r.json["error"], code, "{}", r.text);
-    assert!(r.json["message"].is_string(), "{}", r.text);
-    assert!(
-        r.headers[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json")
-    );
-}
-
-fn assert_field(r: &Reply, status: StatusCode, code: &str, field: &str) {
-    assert_error(r, status, code);
-    assert_eq!(r.json["field"], field, "{}", r.text);
-}
 
 #[tokio::test]
 async fn enqueue_get_list_and_page() {
@@ -827,67 +646,23 @@ async fn status_and_metrics() {
     }
 }
 
+// Who may call what (none, garbage, admin, worker and job tokens on every
+// operation) is the matrix of tests/token_matrix.rs.
 #[tokio::test]
-async fn admin_token_guards_everything_but_healthz() {
+async fn healthz_answers_without_a_token_and_names_the_backend() {
     let h = Harness::with_config(ApiConfig {
         admin_token: Some("s3cret-token".into()),
         ..ApiConfig::default()
     })
     .await;
-
-    let anon = |method: Method, uri: &str| {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Body::empty())
-            .unwrap()
-    };
-    for uri in ["/v1/jobs", "/v1/status", "/metrics", "/v1/queues"] {
-        let r = h.send(anon(Method::GET, uri)).await;
-        assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
-    }
     let r = h
         .send(
             Request::builder()
-                .uri("/v1/jobs")
-                .header(header::AUTHORIZATION, "Bearer wrong-token")
+                .uri("/healthz")
                 .body(Body::empty())
                 .unwrap(),
         )
         .await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert!(!r.text.contains("wrong-token") && !r.text.contains("s3cret"));
-    let r = h
-        .send(
-            Request::builder()
-                .uri("/v1/jobs")
-                .header(header::AUTHORIZATION, "Basic s3cret-token")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
-    // A write without the token changes nothing.
-    let r = h
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/v1/jobs")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(r#"{"kind":"x"}"#))
-                .unwrap(),
-        )
-        .await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_eq!(h.total_jobs().await, 0);
-
-    // The harness sends the right token.
-    let r = h.get("/v1/jobs").await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = h.get("/metrics").await;
-    assert_eq!(r.status, StatusCode::OK);
-
-    let r = h.send(anon(Method::GET, "/healthz")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json, json!({"status": "ok", "backend": "sqlite"}));
 }
@@ -1241,84 +1016,6 @@ async fn a_heartbeat_past_the_turn_budget_ends_the_run() {
     assert_error(&late, StatusCode::CONFLICT, "not_running");
 }
 
-const ADMIN: &str = "admin-token-for-workers";
-const WORKER: &str = "worker-token-agents-only";
-
-async fn fleet_harness() -> Harness {
-    Harness::with_config(ApiConfig {
-        worker_tokens: vec![reeve_api::tokens::WorkerToken {
-            name: "agents".into(),
-            token: WORKER.into(),
-            kinds: vec!["agent".into()],
-            queues: vec![],
-        }],
-        ..ApiConfig::with_admin_token(Some(ADMIN.into()))
-    })
-    .await
-}
-
-impl Harness {
-    /// A request with `token` (or none) instead of the harness's own.
-    async fn call(
-        &self,
-        token: Option<&str>,
-        method: Method,
-        uri: &str,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut b = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                b = b.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(b.body(body).unwrap()).await
-    }
-
-    /// Registers a worker with the worker token; its id.
-    async fn register(&self, body: Value) -> String {
-        let r = self
-            .call(
-                Some(WORKER),
-                Method::POST,
-                "/v1/workers/register",
-                Some(body),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        r.json["worker"]["id"].as_str().unwrap().to_string()
-    }
-
-    /// One claim of the worker `id`: (job, job token).
-    async fn worker_claim(&self, id: &str) -> Vec<(Job, String)> {
-        let r = self
-            .call(
-                Some(WORKER),
-                Method::POST,
-                &format!("/v1/workers/{id}/claim"),
-                Some(json!({"limit": 5, "wait_ms": 0})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        r.json["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|run| {
-                (
-                    serde_json::from_value(run["job"].clone()).unwrap(),
-                    run["token"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn a_remote_worker_registers_claims_heartbeats_checkpoints_reads_mail_and_completes() {
     let h = fleet_harness().await;
@@ -1487,7 +1184,7 @@ async fn a_remote_worker_registers_claims_heartbeats_checkpoints_reads_mail_and_
 }
 
 #[tokio::test]
-async fn tokens_reach_only_what_they_name() {
+async fn a_job_token_writes_only_at_its_own_epoch_and_an_old_one_is_stale() {
     let h = fleet_harness().await;
     let id = h
         .register(json!({"name": "w", "kinds": ["agent"], "slots": 2}))
@@ -1504,40 +1201,6 @@ async fn tokens_reach_only_what_they_name() {
     let runs = h.worker_claim(&id).await;
     assert_eq!(runs.len(), 2);
     let (a, ta) = &runs[0];
-    let (b, _) = &runs[1];
-    let before = h.store.get_job(b.id).await.unwrap();
-    // A's token on B: forbidden, and nothing changes.
-    for (method, path, body) in [
-        (
-            Method::POST,
-            format!("/v1/jobs/{}/heartbeat", b.id),
-            Some(json!({"epoch": b.epoch})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/jobs/{}/complete", b.id),
-            Some(json!({"epoch": b.epoch})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/jobs/{}/fail", b.id),
-            Some(json!({"epoch": b.epoch, "reason": "error"})),
-        ),
-        (Method::GET, format!("/v1/jobs/{}/mail", b.id), None),
-        (Method::GET, format!("/v1/jobs/{}/checkpoint", b.id), None),
-        (Method::GET, format!("/v1/jobs/{}", a.id), None),
-        (Method::POST, format!("/v1/jobs/{}/cancel", a.id), None),
-        (Method::GET, "/v1/status".to_string(), None),
-        (
-            Method::POST,
-            "/v1/workers/register".to_string(),
-            Some(json!({"name": "x", "kinds": ["agent"], "slots": 1})),
-        ),
-    ] {
-        let r = h.call(Some(ta), method.clone(), &path, body).await;
-        assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
-    }
-    assert_eq!(h.store.get_job(b.id).await.unwrap(), before, "B untouched");
     // A's token on its own job with another epoch: forbidden.
     let r = h
         .call(
@@ -1548,36 +1211,6 @@ async fn tokens_reach_only_what_they_name() {
         )
         .await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
-    // A forged token: unauthorized.
-    let forged = ta.replace(&format!("rjt_{}_", a.id), &format!("rjt_{}_", b.id));
-    let r = h
-        .call(
-            Some(&forged),
-            Method::POST,
-            &format!("/v1/jobs/{}/heartbeat", b.id),
-            Some(json!({"epoch": b.epoch})),
-        )
-        .await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
-    // No token at all.
-    let r = h
-        .call(
-            None,
-            Method::POST,
-            &format!("/v1/workers/{id}/claim"),
-            Some(json!({})),
-        )
-        .await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
-    // A worker token is not an admin token.
-    for (method, path) in [
-        (Method::GET, "/v1/jobs"),
-        (Method::GET, "/v1/status"),
-        (Method::POST, "/v1/schedules/apply"),
-    ] {
-        let r = h.call(Some(WORKER), method, path, Some(json!({}))).await;
-        assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
-    }
     // An old epoch's token after a retry: its writes are refused.
     h.store
         .finish(vec![Finish {
@@ -1826,7 +1459,7 @@ async fn tokens_cannot_borrow_registrations_or_outlive_their_epoch() {
         reeve_core::JobState::Available
     );
 
-    // A token of an earlier attempt no longer reads the job's mail.
+    // A worker heartbeat for an earlier attempt is refused with its reason.
     let w = h
         .register(json!({"name": "w", "kinds": ["agent"], "slots": 1}))
         .await;
@@ -1837,7 +1470,7 @@ async fn tokens_cannot_borrow_registrations_or_outlive_their_epoch() {
         Some(json!({"kind": "agent"})),
     )
     .await;
-    let (run, old) = h.worker_claim(&w).await.remove(0);
+    let (run, _) = h.worker_claim(&w).await.remove(0);
     h.store
         .finish(vec![Finish {
             job: run.id,
@@ -1852,33 +1485,8 @@ async fn tokens_cannot_borrow_registrations_or_outlive_their_epoch() {
         .unwrap();
     h.store.advance_clock(std::time::Duration::from_secs(3600));
     h.store.promote_due(10).await.unwrap();
-    let (again, new) = h.worker_claim(&w).await.remove(0);
+    let (again, _) = h.worker_claim(&w).await.remove(0);
     assert_eq!(again.id, run.id);
-    h.call(
-        Some(ADMIN),
-        Method::POST,
-        &format!("/v1/jobs/{}/mail", run.id),
-        Some(json!({"subject": "s", "body": "b"})),
-    )
-    .await;
-    let r = h
-        .call(
-            Some(&old),
-            Method::GET,
-            &format!("/v1/jobs/{}/mail", run.id),
-            None,
-        )
-        .await;
-    assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
-    let r = h
-        .call(
-            Some(&new),
-            Method::GET,
-            &format!("/v1/jobs/{}/mail", run.id),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // A heartbeat for the old epoch answers lease_lost with a code.
     let beat = h
         .call(
@@ -2085,4 +1693,203 @@ async fn the_daemon_s_own_executor_counts_for_its_labels() {
         r.json["waiting_for"],
         "a worker with device=build-box, gpu=1"
     );
+}
+
+#[tokio::test]
+async fn a_login_sets_a_session_cookie_that_never_carries_the_admin_token() {
+    let h = fleet_harness().await;
+    let r = h
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={ADMIN}&next=%2Fjobs")))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let set_cookie = r.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(!set_cookie.contains(ADMIN), "{set_cookie}");
+    assert!(!r.text.contains(ADMIN));
+    let value = set_cookie
+        .strip_prefix("reeve_session=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap();
+    assert!(!value.is_empty(), "{set_cookie}");
+    // The cookie signs the browser in; it is no bearer token.
+    let with_cookie = |cookie: String| {
+        Request::builder()
+            .uri("/v1/status")
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let r = h.send(with_cookie(format!("reeve_session={value}"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = h.call(Some(value), Method::GET, "/v1/status", None).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = h.send(with_cookie(format!("reeve_session={value}x"))).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn worker_write_backs_name_the_wrong_field_and_refuse_unknown_ones() {
+    let h = fleet_harness().await;
+    let w = h
+        .register(json!({"name": "w", "kinds": ["agent"], "slots": 1}))
+        .await;
+    admin_enqueue(&h, json!({"kind": "agent"})).await;
+    let (job, _) = h.worker_claim(&w).await.remove(0);
+    let before = h.snapshot().await;
+    for (action, body, field) in [
+        ("complete", json!({"job": job.id, "epoch": null}), "epoch"),
+        (
+            "complete",
+            json!({"job": job.id, "epoch": job.epoch, "bogus": 1}),
+            "bogus",
+        ),
+        ("fail", json!({"job": job.id, "epoch": "one"}), "epoch"),
+        (
+            "fail",
+            json!({"job": job.id, "epoch": job.epoch, "reason": 3}),
+            "reason",
+        ),
+        (
+            "fail",
+            json!({"job": job.id, "epoch": job.epoch, "bogus": 1}),
+            "bogus",
+        ),
+        (
+            "heartbeat",
+            json!({"runs": [{"job": job.id, "epoch": "x"}]}),
+            "runs[0].epoch",
+        ),
+        (
+            "heartbeat",
+            json!({"runs": [{"job": job.id, "epoch": job.epoch, "bogus": 1}]}),
+            "runs[0].bogus",
+        ),
+    ] {
+        let r = h
+            .call(
+                Some(WORKER),
+                Method::POST,
+                &format!("/v1/workers/{w}/{action}"),
+                Some(body),
+            )
+            .await;
+        assert_field(&r, StatusCode::BAD_REQUEST, "invalid_json", field);
+        assert!(
+            r.json["message"].as_str().unwrap().contains(field),
+            "{}",
+            r.text
+        );
+    }
+    assert_eq!(h.snapshot().await, before, "refusals changed nothing");
+}
+
+#[tokio::test]
+async fn an_optional_body_without_a_json_content_type_is_refused_not_ignored() {
+    let h = Harness::new().await;
+    h.post(
+        "/v1/schedules/apply",
+        json!({"schedules": [{"name": "s", "every": "1h", "job": {"kind": "k"}}]}),
+    )
+    .await;
+    let before = h.snapshot().await;
+    for uri in ["/v1/schedules/s/run", "/v1/schedules/s/resume"] {
+        let r = h
+            .send(
+                h.request(Method::POST, uri)
+                    .body(Body::from(r#"{"force": true}"#))
+                    .unwrap(),
+            )
+            .await;
+        assert_error(
+            &r,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+    }
+    assert_eq!(h.snapshot().await, before);
+    // No body at all is still "no options".
+    let r = h.post_empty("/v1/schedules/s/run").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_claim_with_a_bad_limit_is_refused_naming_it_and_changes_nothing() {
+    let h = fleet_harness().await;
+    let w = h
+        .register(json!({"name": "w", "kinds": ["agent"], "slots": 1}))
+        .await;
+    admin_enqueue(&h, json!({"kind": "agent"})).await;
+    let before = h.snapshot().await;
+    h.store.advance_clock(std::time::Duration::from_secs(5));
+    for limit in [0, 101] {
+        let r = h
+            .call(
+                Some(WORKER),
+                Method::POST,
+                &format!("/v1/workers/{w}/claim"),
+                Some(json!({"limit": limit})),
+            )
+            .await;
+        assert_field(&r, StatusCode::BAD_REQUEST, "invalid_input", "limit");
+    }
+    assert_eq!(
+        h.snapshot().await,
+        before,
+        "not even the worker's last_seen_at"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_worker_write_back_does_not_move_the_worker_s_last_seen() {
+    let h = fleet_harness().await;
+    let w = h
+        .register(json!({"name": "w", "kinds": ["agent"], "slots": 1}))
+        .await;
+    admin_enqueue(&h, json!({"kind": "agent"})).await;
+    let (job, _) = h.worker_claim(&w).await.remove(0);
+    let before = h.snapshot().await;
+    h.store.advance_clock(std::time::Duration::from_secs(5));
+    for (action, body, status, code) in [
+        (
+            "fail",
+            json!({"job": job.id, "epoch": job.epoch}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            "complete",
+            json!({"job": job.id, "epoch": job.epoch + 7}),
+            StatusCode::CONFLICT,
+            "stale_epoch",
+        ),
+    ] {
+        let r = h
+            .call(
+                Some(WORKER),
+                Method::POST,
+                &format!("/v1/workers/{w}/{action}"),
+                Some(body),
+            )
+            .await;
+        assert_error(&r, status, code);
+    }
+    assert_eq!(h.snapshot().await, before);
+    // An accepted one does.
+    let r = h
+        .call(
+            Some(WORKER),
+            Method::POST,
+            &format!("/v1/workers/{w}/complete"),
+            Some(json!({"job": job.id, "epoch": job.epoch})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let seen = h.store.get_worker(&w).await.unwrap().last_seen_at;
+    assert!(seen > h.store.get_worker(&w).await.unwrap().registered_at);
 }
