@@ -36,6 +36,8 @@ pub struct ProcessHandler {
     templates: HashMap<String, CommandTemplate>,
     limits: RunLimits,
     daemon_url: String,
+    /// Variables of this process's environment that commands never inherit.
+    hidden_env: Vec<String>,
 }
 
 impl ProcessHandler {
@@ -48,7 +50,15 @@ impl ProcessHandler {
             templates,
             limits,
             daemon_url,
+            hidden_env: Vec::new(),
         }
+    }
+
+    /// Keeps the variables `names` (the process's own secrets) out of every
+    /// command's environment.
+    pub fn hiding_env(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.hidden_env.extend(names);
+        self
     }
 
     pub fn kinds(&self) -> impl Iterator<Item = &String> {
@@ -97,6 +107,7 @@ impl ProcessHandler {
             argv,
             cwd,
             env,
+            env_remove: self.hidden_env.clone(),
             stdin: payload.into_bytes(),
         })
     }

@@ -40,6 +40,8 @@ pub struct ProcessSpec {
     pub cwd: Option<PathBuf>,
     /// Added to (and overriding) the inherited environment.
     pub env: Vec<(String, String)>,
+    /// Removed from the inherited environment (the parent's secrets).
+    pub env_remove: Vec<String>,
     /// Written to the child's stdin, which is then closed (the child always
     /// gets a pipe, so an empty `stdin` means immediate EOF).
     pub stdin: Vec<u8>,
@@ -129,8 +131,11 @@ pub async fn run_process(
     };
 
     let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+    cmd.args(&spec.argv[1..]);
+    for name in &spec.env_remove {
+        cmd.env_remove(name);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(REPORT_FD_ENV, REPORT_FD.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -207,6 +207,11 @@ pub struct Config {
     /// it off.
     pub supervision: Option<reeve_store::SuperviseParams>,
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// The environment variables that hold this daemon's secrets (the
+    /// admin and worker tokens, webhook secrets, the database password):
+    /// removed from every command's environment, so a job can never print
+    /// them into its output.
+    pub secret_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -326,12 +331,21 @@ impl Config {
         let worker_tokens = worker_tokens(&raw.worker_tokens, admin_token.as_deref())?;
         let supervision = supervision(&raw.supervision)?;
         let webhooks = webhooks(&raw.webhooks)?;
+        let secret_env: Vec<String> = ["REEVE_ADMIN_TOKEN", "REEVE_TOKEN"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(raw.server.admin_token_env.iter().cloned())
+            .chain(raw.worker_tokens.iter().filter_map(|w| w.token_env.clone()))
+            .chain(raw.webhooks.iter().filter_map(|w| w.secret_env.clone()))
+            .chain(raw.postgres.password_env.iter().cloned())
+            .collect();
         store.webhooks = webhooks
             .iter()
             .fold(reeve_store::Subscriptions::none(), |subs, hook| {
                 subs.with(hook.name.clone(), &hook.events)
             });
         Ok(Config {
+            secret_env,
             worker_tokens,
             supervision,
             webhooks,

@@ -114,14 +114,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let url = format!("http://{}", config.listen);
-    let handler = Arc::new(ProcessHandler::new(
-        config.kinds.clone(),
-        RunLimits {
-            kill_grace: config.kill_grace,
-            output_limit: config.output_limit,
-        },
-        url.clone(),
-    ));
+    let handler = Arc::new(
+        ProcessHandler::new(
+            config.kinds.clone(),
+            RunLimits {
+                kill_grace: config.kill_grace,
+                output_limit: config.output_limit,
+            },
+            url.clone(),
+        )
+        .hiding_env(config.secret_env.clone()),
+    );
     let mut handlers = Handlers::new();
     for kind in handler.kinds() {
         handlers = handlers.kind(kind.clone(), handler.clone());

@@ -152,14 +152,22 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
     let drain_grace = reeve_core::time::parse_duration(&args.drain_grace)
         .map_err(|e| anyhow::anyhow!("--drain-grace: {e}"))?;
     let base = args.url.trim_end_matches('/').to_string();
-    let handler = Arc::new(ProcessHandler::new(
-        templates,
-        RunLimits {
-            kill_grace,
-            output_limit: OUTPUT_LIMIT,
-        },
-        base.clone(),
-    ));
+    let handler = Arc::new(
+        ProcessHandler::new(
+            templates,
+            RunLimits {
+                kill_grace,
+                output_limit: OUTPUT_LIMIT,
+            },
+            base.clone(),
+        )
+        // The worker's own token never reaches its jobs (each gets its job token).
+        .hiding_env(
+            ["REEVE_TOKEN".to_string()]
+                .into_iter()
+                .chain(args.token_env.clone()),
+        ),
+    );
     let mut client = Client::new(&base).map_err(|e| anyhow::anyhow!("--url: {e}"))?;
     if let Some(token) = token {
         client = client.with_token(token);

@@ -798,7 +798,6 @@ fn no_secret_reaches_a_log_an_answer_the_metrics_or_a_page_on_postgres() {
 /// there (a job could print them into its output, which the API, the CLI
 /// and the dashboard show).
 #[test]
-#[ignore = "known leak: command jobs inherit the daemon's whole environment (the fix belongs in the executor: drop the variables the configuration names as secret sources)"]
 fn a_job_s_environment_does_not_carry_the_daemon_s_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("reeve.db").display());
