@@ -91,7 +91,7 @@ pub struct Findings {
     pub jobs_by_state: BTreeMap<String, usize>,
 }
 
-pub const INVARIANTS: [&str; 15] = [
+pub const INVARIANTS: [&str; 16] = [
     "not_terminal",
     "terminal_count",
     "illegal_transition",
@@ -107,6 +107,7 @@ pub const INVARIANTS: [&str; 15] = [
     "lost_job",
     "late_reclaim",
     "secret_leaked",
+    "unplanned_exit",
 ];
 
 const GLOBAL: &str = "*";
@@ -442,6 +443,9 @@ pub fn check(h: &History) -> Findings {
             format!("a configured secret appears in {place}"),
         );
     }
+    for exit in &h.unplanned_exits {
+        violate(&mut f, "unplanned_exit", None, exit.clone());
+    }
     f
 }
 
@@ -720,6 +724,14 @@ mod tests {
         h.accepted_writes[0].epoch = 7;
         let inv = invariants(&check(&h)).join(",");
         assert!(inv.contains("accepted_write_missing"), "{inv}");
+    }
+
+    #[test]
+    fn a_process_that_exits_by_itself_is_a_violation() {
+        let mut h = clean();
+        h.unplanned_exits
+            .push("daemon1 exited by itself (exit status: 1) at 1000".into());
+        assert_eq!(check(&h).by_invariant["unplanned_exit"], 1);
     }
 
     #[test]

@@ -104,6 +104,16 @@ impl Proc {
         }
     }
 
+    /// The exit status of an incarnation that ended by itself (not by
+    /// [`Proc::kill9`], which drops its handle), reaped now; `None` while it
+    /// runs or once it was killed.
+    pub fn exited_by_itself(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        self.paused = false;
+        Some(status)
+    }
+
     /// `kill -9`, reaped at once.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -120,6 +120,11 @@ pub struct History {
     /// run's logs, `/metrics`, `/v1/status` or the dashboard (must be none).
     #[serde(default)]
     pub secret_sightings: Vec<String>,
+    /// reeve processes that exited without a fault ending them (a daemon
+    /// that gave up, a worker that crashed): each is restarted, and each is
+    /// a violation, as no fault may end a process for good.
+    #[serde(default)]
+    pub unplanned_exits: Vec<String>,
     /// Wall-clock bounds of the calm and the fault phases.
     pub calm: (i64, i64),
     pub chaos: (i64, i64),

@@ -79,6 +79,9 @@ struct Fleet {
     /// Per worker name (`w0`…): the latest registration id seen.
     worker_ids: BTreeMap<String, String>,
     netns: bool,
+    /// Processes found ended with no fault on them (see
+    /// `History::unplanned_exits`).
+    unplanned_exits: Vec<String>,
 }
 
 impl Fleet {
@@ -362,6 +365,7 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
         daemon_urls: daemon_urls.clone(),
         daemon_ids: vec![None; o.daemons],
         leader: None,
+        unplanned_exits: Vec::new(),
         worker_ids: BTreeMap::new(),
         netns: network.is_some(),
     }));
@@ -534,6 +538,7 @@ pub async fn run(o: &RunOptions) -> anyhow::Result<(History, RunFacts)> {
                 .collect(),
         },
         secret_sightings,
+        unplanned_exits: fleet.lock().expect("fleet").unplanned_exits.clone(),
         calm: (calm_start, calm_end),
         chaos: (chaos_start, chaos_end),
     };
@@ -607,6 +612,23 @@ async fn admin_json(http: &reqwest::Client, url: &str) -> Option<Value> {
 async fn watch(fleet: Shared, http: reqwest::Client, stop: tokio_util_like::Stop) {
     let urls = fleet.lock().expect("fleet").daemon_urls.clone();
     while !stop.is_stopped() {
+        {
+            let mut guard = fleet.lock().expect("fleet");
+            let f = &mut *guard;
+            let at = now_ms();
+            for p in f.daemons.iter_mut().chain(f.workers.iter_mut()) {
+                if let Some(status) = p.exited_by_itself() {
+                    let restarted = match p.start() {
+                        Ok(()) => "restarted".to_string(),
+                        Err(e) => format!("restart failed: {e}"),
+                    };
+                    f.unplanned_exits.push(format!(
+                        "{} exited by itself ({status}) at {at}; {restarted}",
+                        p.name
+                    ));
+                }
+            }
+        }
         for (i, url) in urls.iter().enumerate() {
             let status = admin_json(&http, &format!("{url}/v1/status")).await;
             if let Some(s) = status {
