@@ -2,7 +2,9 @@
 # The whole test suite: formatting, lints, then every test of the workspace:
 # the domain, the storage conformance suite on SQLite files and on
 # PostgreSQL, the engine, the executor, the HTTP API, and black-box tests of
-# the `reeve` binary (single and several daemons).
+# the `reeve` binary (single and several daemons), property tests of every
+# parser and of the job state machine; then schemathesis against a live
+# daemon, a short fuzzing pass and the chaos harness.
 #
 # PostgreSQL tests use REEVE_TEST_PG_URL (default
 # postgres://postgres@127.0.0.1:5432/test), each in its own schema; without a
@@ -65,6 +67,17 @@ if [ "$status" = 0 ]; then
   schemathesis=${PIPESTATUS[0]}
   set -e
   [ "$schemathesis" = 0 ] || status=$schemathesis
+fi
+# A short coverage-guided fuzzing pass over the parsers (cron, interval,
+# durations, schedule files), 15 s per target; longer runs with
+# FUZZ_SECONDS (docs/fuzzing.md). Skipped, saying so, without nightly.
+if [ "$status" = 0 ]; then
+  echo "== fuzz"
+  set +e
+  FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh 2>&1 | tee -a "$log"
+  fuzz=${PIPESTATUS[0]}
+  set -e
+  [ "$fuzz" = 0 ] || status=$fuzz
 fi
 # The chaos harness: a short fixed-seed run under faults, then a run with
 # fencing switched off that the checker must catch (scripts/chaos.sh).
