@@ -547,6 +547,9 @@ fn webhooks(raw: &[RawWebhook]) -> anyhow::Result<Vec<crate::webhooks::Webhook>>
 /// The admin token, by reference only: `REEVE_ADMIN_TOKEN`, the variable
 /// named by `server.admin_token_env`, or the file `server.admin_token_file`.
 fn admin_token(server: &RawServer) -> anyhow::Result<Option<String>> {
+    if server.admin_token_env.is_some() && server.admin_token_file.is_some() {
+        bail!("server.admin_token_env: give admin_token_env or admin_token_file, not both");
+    }
     // Where the token came from names the key in a complaint about it.
     let (token, source) = if let Some(var) = &server.admin_token_env {
         let token = std::env::var(var)
@@ -572,6 +575,18 @@ fn admin_token(server: &RawServer) -> anyhow::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admin_token_from_both_an_env_and_a_file_is_refused() {
+        let server = RawServer {
+            admin_token_env: Some("HOME".into()),
+            admin_token_file: Some("/dev/null".into()),
+            ..Default::default()
+        };
+        let e = admin_token(&server).unwrap_err().to_string();
+        assert!(e.starts_with("server.admin_token_env:"), "{e}");
+        assert!(e.contains("not both"), "{e}");
+    }
 
     fn parse(text: &str) -> anyhow::Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
