@@ -129,20 +129,49 @@ impl DatabaseConfig {
         }
     }
 
-    /// Opens the store (applying migrations), failing at once when the
-    /// database cannot be reached.
-    pub async fn open(&self, config: StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
-        self.open_waiting(config, false).await
+    /// How long a start waits for an unreachable or restarting database
+    /// (`postgres.startup_wait`; SQLite never waits).
+    pub fn startup_wait(&self) -> Duration {
+        match self {
+            DatabaseConfig::Sqlite { .. } => Duration::ZERO,
+            DatabaseConfig::Postgres { startup_wait, .. } => *startup_wait,
+        }
     }
 
-    /// Like [`DatabaseConfig::open`]; with `wait`, a PostgreSQL server that
-    /// is unreachable or restarting is waited for (with backoff), up to
-    /// `postgres.startup_wait`.
-    pub async fn open_waiting(
-        &self,
-        config: StoreConfig,
-        wait: bool,
-    ) -> anyhow::Result<Arc<dyn Store>> {
+    /// Runs `step` (a start's database work: opening, migrating, applying
+    /// settings) again, with backoff, while it fails for a transient
+    /// database error and `startup_wait` has not passed: a daemon restarted
+    /// beside a restarting database must wait for it, not exit.
+    pub async fn while_unreachable<T, F, Fut>(&self, mut step: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let patience = self.startup_wait();
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match step().await {
+                Ok(value) => return Ok(value),
+                Err(e) if is_transient(&e) && started.elapsed() + backoff <= patience => {
+                    tracing::warn!(
+                        target: "reeve::serve",
+                        error = format!("{e:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "the database {} is not reachable yet; waiting",
+                        self.describe()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Opens the store (applying migrations), failing at once when the
+    /// database cannot be reached (see [`DatabaseConfig::while_unreachable`]).
+    pub async fn open(&self, config: StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
         match self {
             DatabaseConfig::Sqlite { url } => {
                 let opts = reeve_sqlite::SqliteOptions::from_url(url)
@@ -152,10 +181,7 @@ impl DatabaseConfig {
                     .with_context(|| format!("cannot open the database {}", opts.path.display()))?;
                 Ok(Arc::new(store))
             }
-            DatabaseConfig::Postgres { startup_wait, .. } => {
-                let patience = if wait { *startup_wait } else { Duration::ZERO };
-                open_postgres(self, config, patience).await
-            }
+            DatabaseConfig::Postgres { .. } => open_postgres(self, config).await,
         }
     }
 }
@@ -198,11 +224,17 @@ fn check_postgres_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_postgres(
-    db: &DatabaseConfig,
-    config: StoreConfig,
-    patience: Duration,
-) -> anyhow::Result<Arc<dyn Store>> {
+/// Whether `e` comes from a store error that a retry may cure (a lost or
+/// refused connection, a restarting server).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<reeve_store::StoreError>()
+            .is_some_and(reeve_store::StoreError::is_transient)
+    })
+}
+
+async fn open_postgres(db: &DatabaseConfig, config: StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
     let DatabaseConfig::Postgres {
         url,
         password,
@@ -222,35 +254,84 @@ async fn open_postgres(
         opts = opts.schema(schema.clone());
     }
     let target = opts.target();
-    let started = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match reeve_postgres::PostgresStore::open_with(opts.clone(), config.clone()).await {
-            Ok(store) => return Ok(Arc::new(store)),
-            // A server that is restarting, or not up yet, is waited for (a
-            // daemon restarted beside its database must not exit for it);
-            // any other refusal, or a wait past `patience`, ends the start.
-            Err(e) if e.is_transient() && started.elapsed() + backoff <= patience => {
-                tracing::warn!(
-                    target: "reeve::serve",
-                    error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "PostgreSQL at {target} not reachable yet; waiting"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e))
-                    .with_context(|| format!("cannot open the PostgreSQL database {target}"));
-            }
-        }
-    }
+    let store = reeve_postgres::PostgresStore::open_with(opts, config)
+        .await
+        .with_context(|| format!("cannot open the PostgreSQL database {target}"))?;
+    Ok(Arc::new(store))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pg_waiting(wait: &str) -> DatabaseConfig {
+        DatabaseConfig::from_parts(
+            "postgres://reeve@127.0.0.1/reeve",
+            &RawPostgres {
+                startup_wait: Some(wait.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn store_error(transient: bool) -> anyhow::Error {
+        anyhow::Error::new(reeve_store::StoreError::Database {
+            message: "connection reset".into(),
+            transient,
+        })
+        .context("queues.serial")
+    }
+
+    #[tokio::test]
+    async fn a_start_step_is_retried_while_the_database_is_away_and_only_then() {
+        let db = pg_waiting("30s");
+        let mut tries = 0;
+        let out = db
+            .while_unreachable(|| {
+                tries += 1;
+                let n = tries;
+                async move { if n < 3 { Err(store_error(true)) } else { Ok(n) } }
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, 3, "two transient failures, then success");
+
+        let mut tries = 0;
+        let e = db
+            .while_unreachable(|| {
+                tries += 1;
+                async { Err::<(), _>(store_error(false)) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(tries, 1, "a lasting error is not retried");
+        assert!(format!("{e:#}").starts_with("queues.serial"), "{e:#}");
+
+        let mut tries = 0;
+        pg_waiting("0s")
+            .while_unreachable(|| {
+                tries += 1;
+                async { Err::<(), _>(store_error(true)) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(tries, 1, "startup_wait = 0s fails at once");
+    }
+
+    #[test]
+    fn a_bad_startup_wait_is_refused_naming_the_key() {
+        let e = DatabaseConfig::from_parts(
+            "postgres://reeve@127.0.0.1/reeve",
+            &RawPostgres {
+                startup_wait: Some("soon".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("postgres.startup_wait:"), "{e}");
+    }
 
     fn pg(url: &str) -> anyhow::Result<DatabaseConfig> {
         DatabaseConfig::from_parts(url, &RawPostgres::default())

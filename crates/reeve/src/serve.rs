@@ -92,26 +92,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     )?;
     let store = config
         .database
-        .open_waiting(config.store.clone(), true)
+        .while_unreachable(|| prepare_store(&config))
         .await?;
-    apply_settings(store.as_ref(), &config).await?;
-    if !config.schedules.is_empty() {
-        let applied = reeve_api::apply_specs(
-            store.as_ref(),
-            config.schedules.clone(),
-            false,
-            false,
-            config.max_payload_bytes,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("server.schedules: {e:?}"))?;
-        tracing::info!(
-            created = applied.created.len(),
-            changed = applied.changed.len(),
-            unchanged = applied.unchanged.len(),
-            "schedules applied"
-        );
-    }
 
     let url = format!("http://{}", config.listen);
     let handler = Arc::new(
@@ -223,11 +205,57 @@ pub async fn migrate(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> 
     )?;
     let store = config
         .database
-        .open_waiting(config.store.clone(), true)
+        .while_unreachable(|| config.database.open(config.store.clone()))
         .await?;
     store.close().await;
     println!("migrations applied to {}", config.database.describe());
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Opens the store and applies the config's settings and schedules: the
+/// database work of a start, repeated whole while the database is away.
+async fn prepare_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = config.database.open(config.store.clone()).await?;
+    match configure(store.as_ref(), config).await {
+        Ok(()) => Ok(store),
+        Err(e) => {
+            // Let go of its connections and listener before another try.
+            store.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn configure(store: &dyn Store, config: &Config) -> anyhow::Result<()> {
+    apply_settings(store, config).await?;
+    if !config.schedules.is_empty() {
+        let applied = reeve_api::apply_specs(
+            store,
+            config.schedules.clone(),
+            false,
+            false,
+            config.max_payload_bytes,
+        )
+        .await
+        .map_err(|e| match e {
+            // Kept a store error, so that the start waits for the database.
+            reeve_api::ApiError::DatabaseUnavailable => {
+                anyhow::Error::new(reeve_store::StoreError::Database {
+                    message: "the database was unavailable".into(),
+                    transient: true,
+                })
+                .context("server.schedules")
+            }
+            e => anyhow::anyhow!("server.schedules: {e:?}"),
+        })?;
+        tracing::info!(
+            created = applied.created.len(),
+            changed = applied.changed.len(),
+            unchanged = applied.unchanged.len(),
+            "schedules applied"
+        );
+    }
+    Ok(())
 }
 
 /// The config's limits and queues are the source of truth at start; runtime
