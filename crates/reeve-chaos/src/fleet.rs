@@ -407,10 +407,12 @@ impl Database {
         self.run(&["stop", &self.dir.display().to_string(), "immediate"])
     }
 
-    /// Starts it again, retrying a few times (a stop may still be ending).
+    /// Starts it again, retrying for up to 20 s: after an immediate stop the
+    /// old postmaster may still be ending (seen as "another server might be
+    /// running"), and a database left down would stall the whole fleet.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let mut last = None;
-        for _ in 0..5 {
+        for _ in 0..20 {
             match self.run(&[
                 "start",
                 &self.dir.display().to_string(),
@@ -424,7 +426,7 @@ impl Database {
             }
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
-        Err(last.expect("five attempts"))
+        Err(last.expect("twenty attempts"))
     }
 }
 
