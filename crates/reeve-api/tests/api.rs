@@ -1212,20 +1212,7 @@ async fn a_job_token_writes_only_at_its_own_epoch_and_an_old_one_is_stale() {
         .await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden");
     // An old epoch's token after a retry: its writes are refused.
-    h.store
-        .finish(vec![Finish {
-            job: a.id,
-            epoch: a.epoch,
-            outcome: Outcome::Failed {
-                reason: reeve_core::FailureReason::Error,
-                error: None,
-            },
-            output: None,
-        }])
-        .await
-        .unwrap();
-    h.store.advance_clock(std::time::Duration::from_secs(3600));
-    h.store.promote_due(10).await.unwrap();
+    h.fail_for_retry(a.id, a.epoch).await;
     let again = h.worker_claim(&id).await;
     let (a2, _) = again.iter().find(|(j, _)| j.id == a.id).expect("A again");
     assert_eq!(a2.epoch, a.epoch + 1);
@@ -1471,20 +1458,7 @@ async fn tokens_cannot_borrow_registrations_or_outlive_their_epoch() {
     )
     .await;
     let (run, _) = h.worker_claim(&w).await.remove(0);
-    h.store
-        .finish(vec![Finish {
-            job: run.id,
-            epoch: run.epoch,
-            outcome: Outcome::Failed {
-                reason: reeve_core::FailureReason::Error,
-                error: None,
-            },
-            output: None,
-        }])
-        .await
-        .unwrap();
-    h.store.advance_clock(std::time::Duration::from_secs(3600));
-    h.store.promote_due(10).await.unwrap();
+    h.fail_for_retry(run.id, run.epoch).await;
     let (again, _) = h.worker_claim(&w).await.remove(0);
     assert_eq!(again.id, run.id);
     // A heartbeat for the old epoch answers lease_lost with a code.

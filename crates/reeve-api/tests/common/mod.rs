@@ -292,6 +292,29 @@ pub struct Snapshot {
 }
 
 impl Harness {
+    /// Fails the run `job` at `epoch` with a retryable error and moves the
+    /// clock past its backoff, so the next claim takes it again at a new
+    /// epoch (and the run's job token becomes an old attempt's).
+    pub async fn fail_for_retry(&self, job: i64, epoch: i64) {
+        self.store
+            .finish(vec![Finish {
+                job,
+                epoch,
+                outcome: Outcome::Failed {
+                    reason: reeve_core::FailureReason::Error,
+                    error: None,
+                },
+                output: None,
+            }])
+            .await
+            .unwrap()
+            .remove(0)
+            .expect("the run was failed");
+        self.store
+            .advance_clock(std::time::Duration::from_secs(3600));
+        self.store.promote_due(10).await.unwrap();
+    }
+
     /// What the store holds now (see [`Snapshot`]). Reads only: mail is
     /// read without marking it read.
     pub async fn snapshot(&self) -> Snapshot {
@@ -386,20 +409,7 @@ pub async fn world() -> World {
     };
     admin(Method::POST, "/v1/jobs", json!({"kind": "agent"})).await;
     let (first, a_old_token) = h.worker_claim(&worker).await.remove(0);
-    h.store
-        .finish(vec![Finish {
-            job: first.id,
-            epoch: first.epoch,
-            outcome: Outcome::Failed {
-                reason: reeve_core::FailureReason::Error,
-                error: None,
-            },
-            output: None,
-        }])
-        .await
-        .unwrap();
-    h.store.advance_clock(std::time::Duration::from_secs(3600));
-    h.store.promote_due(10).await.unwrap();
+    h.fail_for_retry(first.id, first.epoch).await;
     admin(Method::POST, "/v1/jobs", json!({"kind": "agent"})).await;
     let runs = h.worker_claim(&worker).await;
     assert_eq!(runs.len(), 2, "A again and B");
