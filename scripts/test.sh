@@ -58,37 +58,29 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The steps after the cargo tests, each only while everything passed so far,
+# its output added to the log and its status folded into the run's.
+after_tests() {
+  local name=$1
+  shift
+  [ "$status" = 0 ] || return 0
+  echo "== $name"
+  set +e
+  "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" = 0 ] || status=$rc
+}
 # Contract fuzzing of the HTTP API against a live daemon: schemathesis on
 # /v1/openapi.json, no 5xx and answers as documented (scripts/schemathesis.sh).
-if [ "$status" = 0 ]; then
-  echo "== schemathesis"
-  set +e
-  bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
-  schemathesis=${PIPESTATUS[0]}
-  set -e
-  [ "$schemathesis" = 0 ] || status=$schemathesis
-fi
+after_tests schemathesis bash scripts/schemathesis.sh
 # A short coverage-guided fuzzing pass over the parsers (cron, interval,
 # durations, schedule files), 15 s per target; longer runs with
 # FUZZ_SECONDS (docs/fuzzing.md). Skipped, saying so, without nightly.
-if [ "$status" = 0 ]; then
-  echo "== fuzz"
-  set +e
-  FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh 2>&1 | tee -a "$log"
-  fuzz=${PIPESTATUS[0]}
-  set -e
-  [ "$fuzz" = 0 ] || status=$fuzz
-fi
+after_tests fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh
 # The chaos harness: a short fixed-seed run under faults, then a run with
 # fencing switched off that the checker must catch (scripts/chaos.sh).
-if [ "$status" = 0 ]; then
-  echo "== chaos"
-  set +e
-  bash scripts/chaos.sh ci 2>&1 | tee -a "$log"
-  chaos=${PIPESTATUS[0]}
-  set -e
-  [ "$chaos" = 0 ] || status=$chaos
-fi
+after_tests chaos bash scripts/chaos.sh ci
 # One closing line for the whole run: the sum over every test binary.
 passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$log" | awk '{s+=$1} END {print s+0}')
